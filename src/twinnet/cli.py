@@ -1,0 +1,393 @@
+"""The ``twinnet`` command line: a thin face over the Python API."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from twinnet.errors import TwinnetError
+
+console = Console(stderr=True)
+out = Console()
+
+
+
+class _Group(typer.core.TyperGroup):
+    """Turns a :class:`TwinnetError` from any command into one line on stderr and exit code 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except TwinnetError as exc:
+            console.print(f"[red]error[/]: {exc}", highlight=False, soft_wrap=True, markup=True)
+            ctx.exit(exc.exit_code)
+
+
+app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode="markdown",
+                  help="Siamese (twin) networks: train, calibrate, evaluate and use record matchers.")
+datasets_app = typer.Typer(no_args_is_help=True, help="Benchmark datasets known by name.")
+app.add_typer(datasets_app, name="datasets")
+
+Threads = Annotated[Optional[int], typer.Option("--threads", help="CPU threads for PyTorch (default: all cores).")]
+
+
+def _setup(threads: int | None, verbose: bool = False) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _load_splits(data: str, split_names: tuple[str, ...], options: dict) -> dict:
+    """``data`` is a registered dataset name, a DeepMatcher folder, or a pair file."""
+    from twinnet.data import read_any, read_deepmatcher_splits
+    from twinnet.data import registry
+
+    if data.lower() in registry.DATASETS and not Path(data).exists():
+        folder = registry.path(data)
+        splits = read_deepmatcher_splits(folder, split_names, **options)
+        for name, split in splits.items():
+            split.name = f"{data.lower()}/{name}"
+        return splits
+    path = Path(data)
+    if path.is_dir():
+        return read_deepmatcher_splits(path, split_names, **options)
+    return {split_names[0]: read_any(path, **options)}
+
+
+def _serializer(attributes: str | None, style: str, max_chars: int):
+    from twinnet.data import RecordSerializer
+
+    try:
+        return RecordSerializer(attributes=[a.strip() for a in attributes.split(",")] if attributes else None,
+                                style=style, max_chars_per_attribute=max_chars)
+    except ValueError as exc:
+        raise TwinnetError(str(exc)) from None
+
+
+def _load_model(path: Path):
+    from twinnet.model import SiameseModel
+
+    return SiameseModel.load(path)
+
+
+# ---------------------------------------------------------------------------------------------- train
+@app.command()
+def train(
+    data: Annotated[str, typer.Argument(help="Dataset name (`twinnet datasets list`), a DeepMatcher folder, "
+                                             "or a training pair file (CSV/TSV/JSONL/Parquet/Ditto .txt).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Model folder to write.")],
+    valid: Annotated[Optional[Path], typer.Option(help="Validation pair file (needed with a pair file).")] = None,
+    model: Annotated[str, typer.Option(help="Base text model: Hugging Face id or local folder.")] =
+        "sentence-transformers/all-MiniLM-L6-v2",
+    loss: Annotated[str, typer.Option(help="contrastive, online_contrastive, multiple_negatives, triplet; "
+                                           "join with '+'.")] = "online_contrastive+multiple_negatives",
+    epochs: Annotated[int, typer.Option(help="Passes over the training pairs.")] = 4,
+    batch_size: Annotated[int, typer.Option(help="Pairs per step.")] = 32,
+    learning_rate: Annotated[float, typer.Option("--lr", help="AdamW learning rate.")] = 5e-5,
+    max_length: Annotated[int, typer.Option(help="Tokens per record; longer ones are truncated and counted.")] = 48,
+    attributes: Annotated[Optional[str], typer.Option(help="Attributes to serialise, in order, comma-separated "
+                                                          "(default: all but id).")] = None,
+    style: Annotated[str, typer.Option(help="Serialisation: `values` or `colval` (COL a VAL v).")] = "values",
+    max_chars: Annotated[int, typer.Option(help="Cut each attribute to this many characters (0 = no cut).")] = 0,
+    calibration: Annotated[str, typer.Option(help="Threshold strategy: max_f1, max_accuracy, eer, fmr, recall, "
+                                                  "cost.")] = "max_f1",
+    target: Annotated[Optional[float], typer.Option(help="Target for the fmr/recall strategies.")] = None,
+    probability: Annotated[str, typer.Option(help="Probability map: isotonic, platt, none.")] = "isotonic",
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
+    log_file: Annotated[Optional[Path], typer.Option(help="Write one JSON line per epoch here.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing model folder.")] = False,
+    threads: Threads = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Train a Siamese text matcher; the threshold and probability map are fitted on validation.
+
+    Example:
+
+        twinnet train abt-buy -o models/abt-buy --attributes name --epochs 4
+
+        twinnet train pairs_train.csv --valid pairs_valid.csv -o models/mine
+    """
+    _setup(threads, verbose)
+    from twinnet.model import SiameseModel
+    from twinnet.training import Trainer
+
+    if output.exists() and not overwrite:
+        raise TwinnetError("model folder already exists; pass --overwrite to replace it", file=output)
+    splits = _load_splits(data, ("train", "valid"), {})
+    train_pairs = splits["train"]
+    valid_pairs = splits.get("valid")
+    if valid is not None:
+        from twinnet.data import read_any
+
+        valid_pairs = read_any(valid, split="valid")
+    if valid_pairs is None:
+        raise TwinnetError("a validation split is needed to fit the threshold: pass --valid FILE")
+    console.print(f"train: {train_pairs.summary()}  valid: {valid_pairs.summary()}")
+    siamese = SiameseModel.for_text(model, max_length=max_length, serializer=_serializer(attributes, style, max_chars))
+    trainer = Trainer(siamese, loss=loss, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                      seed=seed, calibration=calibration, calibration_target=target, probability=probability,
+                      log_file=log_file)
+    trainer.fit(train_pairs, valid_pairs)
+    card = siamese.card_["train"]
+    if card["truncated_records"]:
+        console.print(f"[yellow]note[/]: {card['truncated_records']} of {card['distinct_texts']} training records "
+                      f"were longer than {max_length} tokens and were truncated")
+    siamese.save(output)
+    op = siamese.calibration_.operating_point_
+    console.print(f"saved {output}  (selected epoch {siamese.card_['selected_epoch']}, threshold "
+                  f"{siamese.calibration_.threshold_:.4f}, validation F1 {op['f1']:.4f})")
+
+
+# ---------------------------------------------------------------------------------------------- evaluate
+@app.command()
+def evaluate(
+    model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="Model folder from `twinnet train`.")],
+    data: Annotated[str, typer.Argument(help="Dataset name, DeepMatcher folder, or labelled pair file.")],
+    split: Annotated[str, typer.Option(help="Split of a dataset/folder to evaluate.")] = "test",
+    threshold: Annotated[Optional[float], typer.Option(help="Use this threshold instead of the stored one.")] = None,
+    fmr: Annotated[Optional[float], typer.Option(help="Use the threshold for this validation false-match rate.")] = None,
+    baseline: Annotated[bool, typer.Option(help="Also score the char n-gram TF-IDF baseline (needs the "
+                                                "dataset's train/valid splits).")] = True,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap rounds for 95% intervals (0 = off).")] = 1000,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the report as JSON.")] = None,
+    threads: Threads = None,
+) -> None:
+    """Evaluate a saved model with its stored threshold (never re-tuned on the evaluated data).
+
+    Example:
+
+        twinnet evaluate models/abt-buy abt-buy --split test -o abt-buy-test.json
+    """
+    _setup(threads)
+    from twinnet.baselines import TfidfBaseline
+    from twinnet.evaluation import evaluate as run_evaluation
+    from twinnet.io import write_json
+
+    siamese = _load_model(model_path)
+    is_folder = data.lower() in _dataset_names() or Path(data).is_dir()
+    names = (split, "train", "valid") if is_folder and split not in ("train", "valid") else (split,)
+    splits = _load_splits(data, names, {})
+    pairs = splits[split]
+    tfidf = None
+    if baseline and "train" in splits and "valid" in splits:
+        tfidf = TfidfBaseline(siamese.serializer).fit(splits["train"], splits["valid"])
+    report = run_evaluation(siamese, pairs, threshold=threshold, fmr=fmr, baseline=tfidf,
+                            train=splits.get("train"), bootstrap=bootstrap)
+    _print_report(report)
+    if output:
+        write_json(output, report.to_dict())
+        console.print(f"wrote {output}")
+
+
+def _dataset_names() -> set[str]:
+    from twinnet.data.registry import DATASETS
+
+    return set(DATASETS)
+
+
+def _print_report(report) -> None:
+    table = Table(title=f"{report.name}: threshold {report.metrics['threshold']:.4f} (from validation)")
+    table.add_column("metric")
+    table.add_column("twinnet", justify="right")
+    table.add_column("95% interval", justify="right")
+    if report.baseline:
+        table.add_column("char TF-IDF", justify="right")
+    for name, value, interval in report.rows():
+        row = [name, value, interval]
+        if report.baseline:
+            base = report.baseline.get(name)
+            row.append(f"{base:.4f}" if isinstance(base, float) else "")
+        table.add_row(*row)
+    out.print(table)
+    c = report.metrics["confusion"]
+    out.print(f"confusion: tp {c['tp']}  fp {c['fp']}  fn {c['fn']}  tn {c['tn']}   "
+              f"(pairs {report.metrics['pairs']}, positives {report.metrics['positives']})")
+    for name, sub in report.subsets.items():
+        extra = f", TF-IDF F1 {sub['tfidf_f1']:.4f}" if "tfidf_f1" in sub else ""
+        out.print(f"{name} records ({sub['pairs']} pairs, {sub['positives']} same): F1 {sub['f1']:.4f}{extra}")
+    if report.truncation.truncated:
+        out.print(f"note: {report.truncation.message()}")
+
+
+# ---------------------------------------------------------------------------------------------- verify
+@app.command()
+def verify(
+    model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="Model folder.")],
+    left: Annotated[Optional[str], typer.Argument(help="First record text.")] = None,
+    right: Annotated[Optional[str], typer.Argument(help="Second record text.")] = None,
+    pairs: Annotated[Optional[Path], typer.Option(help="Pair file (left/right or left_<attr>/right_<attr> "
+                                                       "columns) to decide in bulk.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write decisions here (.csv, .jsonl, "
+                                                                          ".parquet); default: stdout as CSV.")] = None,
+    threshold: Annotated[Optional[float], typer.Option(help="Override the stored threshold.")] = None,
+    fmr: Annotated[Optional[float], typer.Option(help="Decide at this validation false-match rate instead.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+    threads: Threads = None,
+) -> None:
+    """Decide whether records are the same: `same`, `score` and calibrated `probability`.
+
+    Examples:
+
+        twinnet verify models/abt-buy "sony bravia kdl-40v5100 40in lcd tv" "Sony KDL-40V5100 Bravia 40 LCD HDTV"
+
+        twinnet verify models/abt-buy --pairs new_pairs.csv -o decisions.csv
+    """
+    _setup(threads)
+    import pandas as pd
+
+    from twinnet.data import read_pairs
+    from twinnet.io import write_table
+
+    siamese = _load_model(model_path)
+    if pairs is None:
+        if left is None or right is None:
+            raise TwinnetError("give two record texts, or --pairs FILE")
+        d = siamese.verify(left, right, threshold=threshold, fmr=fmr)
+        out.print(json.dumps({"same": d.same, "score": round(d.score, 6), "probability": round(d.probability, 6),
+                              "threshold": siamese.decision_threshold(threshold, fmr=fmr)}))
+        return
+    if output is not None and output.exists() and not overwrite:
+        raise TwinnetError("output already exists; pass --overwrite to replace it", file=output)
+    data = read_pairs(pairs)
+    decisions = siamese.verify(data.left, data.right, threshold=threshold, fmr=fmr)
+    frame = pd.DataFrame({"left_id": data.left_ids, "right_id": data.right_ids,
+                          "same": [int(d.same) for d in decisions], "score": [d.score for d in decisions],
+                          "probability": [d.probability for d in decisions]})
+    if siamese.last_truncation.truncated:
+        console.print(f"note: {siamese.last_truncation.message()}")
+    if output is None:
+        frame.to_csv(sys.stdout, index=False)
+    else:
+        write_table(frame, output, overwrite=True)
+        console.print(f"wrote {len(frame)} decisions to {output}")
+
+
+# ---------------------------------------------------------------------------------------------- embed
+@app.command()
+def embed(
+    model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="Model folder.")],
+    records: Annotated[Path, typer.Argument(help="Records: a table (CSV/TSV/JSONL/Parquet) with a `text` column "
+                                                 "or attribute columns; an `id` column is kept.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help=".npy (matrix) or .parquet (id + embedding).")],
+    batch_size: Annotated[int, typer.Option(help="Records per forward pass.")] = 64,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+    threads: Threads = None,
+) -> None:
+    """Embed records with the model's encoder (L2-normalised rows).
+
+    Example:
+
+        twinnet embed models/abt-buy ../shared/data/er_deepmatcher_tables/Abt-Buy/tableA.csv -o abt.parquet
+    """
+    _setup(threads)
+    import numpy as np
+    import pandas as pd
+    from rich.progress import Progress
+
+    from twinnet.data.records import clean_text, is_missing
+    from twinnet.io import atomic_path, read_table
+
+    if output.suffix not in (".npy", ".parquet"):
+        raise TwinnetError("output must end in .npy or .parquet", file=output)
+    if output.exists() and not overwrite:
+        raise TwinnetError("output already exists; pass --overwrite to replace it", file=output)
+    siamese = _load_model(model_path)
+    frame = read_table(records)
+    ids = frame["id"].astype(str).tolist() if "id" in frame.columns else [str(i) for i in range(len(frame))]
+    if "text" in frame.columns:
+        items = frame["text"].tolist()
+    else:
+        items = [{k: v for k, v in row.items() if k != "id"} for row in frame.to_dict(orient="records")]
+    for i, item in enumerate(items):
+        empty = is_missing(item) if not isinstance(item, dict) else not any(clean_text(v) for v in item.values())
+        if empty or (isinstance(item, str) and not clean_text(item)):
+            raise TwinnetError("record is empty or missing", file=records, row=i + 2,
+                               field="text" if "text" in frame.columns else None)
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("embedding", total=len(items))
+        vectors = siamese.embed(items, batch_size=batch_size, progress=lambda n: bar.advance(task, n))
+    if siamese.last_truncation.truncated:
+        console.print(f"note: {siamese.last_truncation.message()}")
+    with atomic_path(output) as tmp:
+        if output.suffix == ".npy":
+            with open(tmp, "wb") as handle:
+                np.save(handle, vectors)
+        else:
+            pd.DataFrame({"id": ids, "embedding": list(vectors)}).to_parquet(tmp, index=False)
+    console.print(f"wrote {vectors.shape[0]} × {vectors.shape[1]} embeddings to {output}")
+
+
+# ---------------------------------------------------------------------------------------------- datasets
+@datasets_app.command("list")
+def datasets_list() -> None:
+    """List the benchmark datasets twinnet knows, and where each was found.
+
+    Example:
+
+        twinnet datasets list
+    """
+    from twinnet.data import registry
+
+    table = Table()
+    for column in ("name", "title", "task", "found at"):
+        table.add_column(column)
+    for info in registry.DATASETS.values():
+        where = registry.locate(info.name)
+        table.add_row(info.name, info.title, info.task,
+                      str(where) if where else ("missing: `twinnet datasets fetch " + info.name + "`"
+                                                if info.fetchable else "missing"))
+    out.print(table)
+
+
+@datasets_app.command("fetch")
+def datasets_fetch(name: Annotated[str, typer.Argument(help="Dataset name.")]) -> None:
+    """Download a dataset into the user cache, verifying SHA-256 checksums (needs internet).
+
+    Example:
+
+        twinnet datasets fetch abt-buy
+    """
+    from twinnet.data import registry
+
+    folder = registry.fetch(name, progress=lambda f: console.print(f"verified {f}"))
+    out.print(str(folder))
+
+
+@datasets_app.command("path")
+def datasets_path(name: Annotated[str, typer.Argument(help="Dataset name.")]) -> None:
+    """Print the folder a dataset is read from (error with instructions when it is missing).
+
+    Example:
+
+        twinnet datasets path abt-buy
+    """
+    from twinnet.data import registry
+
+    out.print(str(registry.path(name)))
+
+
+def main() -> None:
+    try:
+        app()
+    except TwinnetError as exc:
+        console.print(f"[red]error[/]: {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        console.print("interrupted; nothing partial was written")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""The in-memory shape of labelled (or unlabelled) record pairs."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from twinnet.data.records import Record, RecordSerializer, clean_text
+
+
+def text_id(text: str, prefix: str = "t") -> str:
+    """A stable id for a record known only by its text (Ditto files, plain pair files)."""
+    return f"{prefix}:{hashlib.sha1(text.encode('utf-8')).hexdigest()[:16]}"
+
+
+@dataclass
+class PairDataset:
+    """Pairs of records with optional 0/1 labels (1 = same entity).
+
+    ``left_ids`` / ``right_ids`` identify records across pairs and splits: they are what leakage
+    checks, seen/unseen evaluation and entity groups are built from.
+    """
+
+    left: list[Record]
+    right: list[Record]
+    labels: np.ndarray | None = None
+    left_ids: list[str] = field(default_factory=list)
+    right_ids: list[str] = field(default_factory=list)
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if len(self.left) != len(self.right):
+            raise ValueError(f"left has {len(self.left)} records but right has {len(self.right)}")
+        if self.labels is not None:
+            self.labels = np.asarray(self.labels, dtype=np.int64)
+            if len(self.labels) != len(self.left):
+                raise ValueError(f"{len(self.labels)} labels for {len(self.left)} pairs")
+        if not self.left_ids:
+            self.left_ids = [_record_id(r) for r in self.left]
+        if not self.right_ids:
+            self.right_ids = [_record_id(r) for r in self.right]
+
+    def __len__(self) -> int:
+        return len(self.left)
+
+    @property
+    def has_labels(self) -> bool:
+        return self.labels is not None
+
+    def subset(self, index: Sequence[int] | np.ndarray) -> PairDataset:
+        index = np.asarray(index, dtype=np.int64)
+        return PairDataset(
+            left=[self.left[i] for i in index], right=[self.right[i] for i in index],
+            labels=None if self.labels is None else self.labels[index],
+            left_ids=[self.left_ids[i] for i in index], right_ids=[self.right_ids[i] for i in index],
+            name=self.name)
+
+    def texts(self, serializer: RecordSerializer) -> tuple[list[str], list[str]]:
+        return serializer.serialize_many(self.left), serializer.serialize_many(self.right)
+
+    def record_ids(self) -> set[str]:
+        return set(self.left_ids) | set(self.right_ids)
+
+    def summary(self) -> dict[str, int]:
+        positives = int(self.labels.sum()) if self.labels is not None else -1
+        return {"pairs": len(self), "positives": positives, "records": len(self.record_ids())}
+
+    def to_frame(self):  # pandas is imported lazily: it is only needed for I/O
+        import pandas as pd
+
+        frame = pd.DataFrame({"left_id": self.left_ids, "right_id": self.right_ids})
+        if self.labels is not None:
+            frame["label"] = self.labels
+        return frame
+
+
+def _record_id(record: Record) -> str:
+    if isinstance(record, str):
+        return text_id(clean_text(record))
+    if "id" in record and record["id"] is not None:
+        return str(record["id"])
+    return text_id(RecordSerializer()(record))

@@ -1,0 +1,236 @@
+"""Readers for pair data: the DeepMatcher and Ditto layouts, and plain pair files.
+
+Every reader returns a :class:`~twinnet.data.pairs.PairDataset` and reports bad input as a
+:class:`~twinnet.errors.TwinnetError` naming the file, row (the file's line number, header = 1) and
+field.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from twinnet.data.pairs import PairDataset, text_id
+from twinnet.data.records import clean_text, is_missing, parse_colval
+from twinnet.errors import TwinnetError
+from twinnet.io import read_table
+
+SPLITS = ("train", "valid", "test")
+_TRUE = {"1", "1.0", "true", "yes"}
+_FALSE = {"0", "0.0", "false", "no"}
+
+
+def parse_label(value: Any, *, file: object, row: int, field: str = "label") -> int:
+    """0 or 1 (1 = same entity); anything else is an error naming where it was found."""
+    if isinstance(value, (bool, np.bool_)):
+        return int(value)
+    if isinstance(value, (int, np.integer)) and value in (0, 1):
+        return int(value)
+    if isinstance(value, (float, np.floating)) and value in (0.0, 1.0):
+        return int(value)
+    text = "" if is_missing(value) else str(value).strip().lower()
+    if text in _TRUE:
+        return 1
+    if text in _FALSE:
+        return 0
+    shown = "missing" if text == "" else repr(value)
+    raise TwinnetError(f"label must be 0 or 1 (1 = same), got {shown}", file=file, row=row, field=field)
+
+
+# --------------------------------------------------------------------------- DeepMatcher layout
+def read_table_records(path: Path) -> dict[str, dict[str, Any]]:
+    """Read ``tableA.csv``-style records keyed by their ``id`` column."""
+    frame = read_table(path)
+    if "id" not in frame.columns:
+        raise TwinnetError(f"no 'id' column (columns: {', '.join(map(str, frame.columns))})", file=path)
+    records: dict[str, dict[str, Any]] = {}
+    for row, rec in enumerate(frame.to_dict(orient="records")):
+        rid = rec["id"]
+        if is_missing(rid):
+            raise TwinnetError("id is empty", file=path, row=row + 2, field="id")
+        rid = str(rid).strip()
+        if rid in records:
+            raise TwinnetError(f"id {rid!r} appears twice", file=path, row=row + 2, field="id")
+        records[rid] = {k: (None if is_missing(v) else v) for k, v in rec.items()}
+    return records
+
+
+def _find_table(folder: Path, stem: str) -> Path:
+    for candidate in (folder / f"{stem}.csv", folder / f"{stem}_partial.csv"):
+        if candidate.exists():
+            return candidate
+    raise TwinnetError(f"no {stem}.csv in this folder (DeepMatcher layout: tableA.csv, tableB.csv, "
+                       "train.csv, valid.csv, test.csv)", file=folder)
+
+
+def read_deepmatcher(folder: str | os.PathLike[str], split: str = "train", *,
+                     allow_empty_records: bool = False,
+                     _tables: tuple[Mapping[str, Any], Mapping[str, Any]] | None = None) -> PairDataset:
+    """Read one split of a DeepMatcher-layout folder (``ltable_id,rtable_id,label`` over two tables)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise TwinnetError("folder not found", file=folder)
+    table_a, table_b = _tables or (read_table_records(_find_table(folder, "tableA")),
+                                   read_table_records(_find_table(folder, "tableB")))
+    split_path = folder / f"{split}.csv"
+    frame = read_table(split_path)
+    for column in ("ltable_id", "rtable_id"):
+        if column not in frame.columns:
+            raise TwinnetError(f"missing column '{column}' (columns: {', '.join(map(str, frame.columns))})",
+                               file=split_path)
+    has_labels = "label" in frame.columns
+    left, right, labels, left_ids, right_ids = [], [], [], [], []
+    for row, (lid, rid, lab) in enumerate(zip(frame["ltable_id"], frame["rtable_id"],
+                                              frame["label"] if has_labels else [None] * len(frame))):
+        line = row + 2
+        for value, table, column, side in ((lid, table_a, "ltable_id", "tableA"), (rid, table_b, "rtable_id", "tableB")):
+            key = "" if is_missing(value) else str(value).strip()
+            if key not in table:
+                raise TwinnetError(f"id {key!r} is not in {side}", file=split_path, row=line, field=column)
+        lkey, rkey = str(lid).strip(), str(rid).strip()
+        left.append(table_a[lkey])
+        right.append(table_b[rkey])
+        left_ids.append(f"A:{lkey}")
+        right_ids.append(f"B:{rkey}")
+        if has_labels:
+            labels.append(parse_label(lab, file=split_path, row=line))
+    dataset = PairDataset(left, right, np.asarray(labels) if has_labels else None, left_ids, right_ids,
+                          name=f"{folder.name}/{split}")
+    if not allow_empty_records:
+        _reject_empty_records(dataset, split_path)
+    return dataset
+
+
+def read_deepmatcher_splits(folder: str | os.PathLike[str], splits=SPLITS, **options: Any) -> dict[str, PairDataset]:
+    """Read several splits, loading the two tables once."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise TwinnetError("folder not found", file=folder)
+    tables = (read_table_records(_find_table(folder, "tableA")), read_table_records(_find_table(folder, "tableB")))
+    return {split: read_deepmatcher(folder, split, _tables=tables, **options) for split in splits}
+
+
+# --------------------------------------------------------------------------- Ditto layout
+def read_ditto(path: str | os.PathLike[str], *, allow_empty_records: bool = False) -> PairDataset:
+    """Read Ditto's ``COL a VAL v …<TAB>COL a VAL v …<TAB>label`` lines (the label is optional)."""
+    path = Path(path)
+    if not path.exists():
+        raise TwinnetError("file not found", file=path)
+    try:
+        lines = path.read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise TwinnetError(f"is not valid UTF-8 (byte offset {exc.start}); re-encode it as UTF-8", file=path) from None
+    left, right, labels = [], [], []
+    labelled: bool | None = None
+    for row, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        cells = line.split("\t")
+        if len(cells) not in (2, 3):
+            raise TwinnetError(f"expected 2 or 3 tab-separated fields, found {len(cells)}", file=path, row=row)
+        if labelled is None:
+            labelled = len(cells) == 3
+        elif labelled != (len(cells) == 3):
+            raise TwinnetError("some lines have a label and some do not", file=path, row=row, field="label")
+        for cell, side, out in ((cells[0], "left", left), (cells[1], "right", right)):
+            try:
+                out.append(parse_colval(cell) if "COL " in cell else clean_text(cell))
+            except ValueError as exc:
+                raise TwinnetError(str(exc), file=path, row=row, field=side) from None
+        if labelled:
+            labels.append(parse_label(cells[2], file=path, row=row))
+    if not left:
+        raise TwinnetError("no pairs in file", file=path)
+    dataset = PairDataset(left, right, np.asarray(labels) if labelled else None, name=path.name)
+    if not allow_empty_records:
+        _reject_empty_records(dataset, path)
+    return dataset
+
+
+# --------------------------------------------------------------------------- plain pair files
+def read_pairs(source: str | os.PathLike[str] | pd.DataFrame, *, require_labels: bool = False,
+               allow_empty_records: bool = False) -> PairDataset:
+    """Read a pair table (CSV, TSV, JSONL, Parquet, or a DataFrame).
+
+    Columns: ``left``/``right`` with the two texts, or ``left_<attr>``/``right_<attr>`` attribute
+    columns; optional ``label`` (0/1) and ``left_id``/``right_id``.
+    """
+    if isinstance(source, pd.DataFrame):
+        frame, name = source, "<DataFrame>"
+    else:
+        name = str(source)
+        frame = read_table(source)
+    columns = [str(c) for c in frame.columns]
+    id_columns = {"left_id", "right_id"}
+    if "left" in columns and "right" in columns:
+        left_attrs = right_attrs = None
+    else:
+        left_attrs = [c[5:] for c in columns if c.startswith("left_") and c not in id_columns]
+        right_attrs = [c[6:] for c in columns if c.startswith("right_") and c not in id_columns]
+        if not left_attrs or not right_attrs:
+            raise TwinnetError("needs 'left' and 'right' text columns, or 'left_<attr>'/'right_<attr>' "
+                               f"attribute columns (columns found: {', '.join(columns) or 'none'})", file=name)
+    if require_labels and "label" not in columns:
+        raise TwinnetError(f"missing column 'label' (columns found: {', '.join(columns)})", file=name)
+
+    rows = frame.to_dict(orient="records")
+    left, right, labels = [], [], []
+    for i, rec in enumerate(rows):
+        line = i + 2
+        if left_attrs is None:
+            for side, out in (("left", left), ("right", right)):
+                value = rec[side]
+                if is_missing(value) or not clean_text(value):
+                    raise TwinnetError("text is empty or missing", file=name, row=line, field=side)
+                out.append(clean_text(value))
+        else:
+            left.append({a: rec[f"left_{a}"] for a in left_attrs})
+            right.append({a: rec[f"right_{a}"] for a in right_attrs})
+        if "label" in columns:
+            labels.append(parse_label(rec["label"], file=name, row=line))
+    if not left:
+        raise TwinnetError("no pairs in file", file=name)
+
+    def ids(column: str, records: list) -> list[str]:
+        if column in columns:
+            return [str(rec[column]) for rec in rows]
+        return [text_id(r) if isinstance(r, str) else "" for r in records]
+
+    left_ids, right_ids = ids("left_id", left), ids("right_id", right)
+    dataset = PairDataset(left, right, np.asarray(labels) if "label" in columns else None,
+                          left_ids if all(left_ids) else [], right_ids if all(right_ids) else [],
+                          name=Path(name).name)
+    if not allow_empty_records:
+        _reject_empty_records(dataset, name)
+    return dataset
+
+
+def _reject_empty_records(dataset: PairDataset, file: object) -> None:
+    for side, records in (("left", dataset.left), ("right", dataset.right)):
+        for i, record in enumerate(records):
+            values = [record] if isinstance(record, str) else [v for k, v in record.items() if k != "id"]
+            if not any(clean_text(v) for v in values):
+                raise TwinnetError("record is empty (every attribute missing); fix it or drop the pair",
+                                   file=file, row=i + 2, field=side)
+
+
+def read_any(path: str | os.PathLike[str], split: str | None = None, **options: Any) -> PairDataset:
+    """Read pair data in whichever layout ``path`` has.
+
+    A folder is the DeepMatcher layout (``split`` picks the pair file, default ``test``); a ``.txt``
+    file (or a Ditto name like ``train.txt.small``) is the Ditto layout; anything else is a plain pair
+    table.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return read_deepmatcher(path, split or "test", **options)
+    if not path.exists():
+        raise TwinnetError("file not found", file=path)
+    if path.suffix == ".txt" or ".txt." in path.name:
+        return read_ditto(path, **options)
+    return read_pairs(path, **options)

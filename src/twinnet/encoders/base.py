@@ -1,0 +1,47 @@
+"""What every encoder (text, image, record) provides to :class:`~twinnet.model.SiameseModel`.
+
+An encoder turns raw inputs into *features* (tensors ready for a forward pass) and features into
+un-normalised embeddings. Normalisation, scoring and calibration belong to the model, so the rest
+of twinnet never branches on modality.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class Encoder(nn.Module):
+    """Base class: subclasses implement ``prepare``, ``collate``, ``forward``, ``save`` and ``load``."""
+
+    modality: str = "abstract"
+
+    def prepare(self, items: Sequence[Any]) -> list[Any]:
+        """Per-item preprocessing done once (tokenising, decoding images)."""
+        raise NotImplementedError
+
+    def collate(self, prepared: Sequence[Any]) -> dict[str, torch.Tensor]:
+        """Stack prepared items into one batch of features."""
+        raise NotImplementedError
+
+    def item_cost(self, prepared: Any) -> int:
+        """A size used to bucket similar items into the same batch (e.g. token count)."""
+        return 1
+
+    @property
+    def embedding_dim(self) -> int:
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def save(self, folder: Path) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def load(cls, folder: Path, config: dict[str, Any]) -> Encoder:
+        raise NotImplementedError

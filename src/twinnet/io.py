@@ -1,0 +1,103 @@
+"""Atomic file output and the small table formats twinnet reads and writes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from twinnet.errors import TwinnetError
+
+TABLE_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+
+
+def table_format(path: str | os.PathLike[str]) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in TABLE_SUFFIXES:
+        raise TwinnetError(
+            f"unsupported file type '{suffix or '(none)'}'; use one of {', '.join(sorted(TABLE_SUFFIXES))}",
+            file=path)
+    return TABLE_SUFFIXES[suffix]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it into place only if the block succeeds.
+
+    A failure (or Ctrl-C) inside the block leaves any existing file untouched and no partial file.
+    """
+    target = Path(path)
+    if target.exists() and not overwrite:
+        raise TwinnetError("output already exists; pass --overwrite to replace it", file=target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json(path: str | os.PathLike[str], data: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=_json_default) + "\n",
+                       encoding="utf-8")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot store {type(value).__name__} in JSON")
+
+
+def write_table(frame: pd.DataFrame, path: str | os.PathLike[str], *, overwrite: bool = True) -> None:
+    """Write a DataFrame as CSV, TSV, JSONL or Parquet (chosen by suffix), atomically."""
+    kind = table_format(path)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        if kind == "csv":
+            frame.to_csv(tmp, index=False)
+        elif kind == "tsv":
+            frame.to_csv(tmp, index=False, sep="\t")
+        elif kind == "jsonl":
+            frame.to_json(tmp, orient="records", lines=True, force_ascii=False)
+        else:
+            frame.to_parquet(tmp, index=False)
+
+
+def read_table(path: str | os.PathLike[str], **csv_options: Any) -> pd.DataFrame:
+    """Read CSV, TSV, JSONL or Parquet into a DataFrame of strings, with errors that name the file."""
+    path = Path(path)
+    if not path.exists():
+        raise TwinnetError("file not found", file=path)
+    if path.is_dir():
+        raise TwinnetError("expected a file but found a folder", file=path)
+    kind = table_format(path)
+    try:
+        if kind in ("csv", "tsv"):
+            return pd.read_csv(path, sep="\t" if kind == "tsv" else ",", dtype=str,
+                               keep_default_na=False, na_values=[""], encoding="utf-8",
+                               encoding_errors="strict", **csv_options)
+        if kind == "jsonl":
+            return pd.read_json(path, lines=True, dtype=False, encoding="utf-8")
+        return pd.read_parquet(path)
+    except UnicodeDecodeError as exc:
+        raise TwinnetError(f"is not valid UTF-8 (byte offset {exc.start}); re-encode it as UTF-8",
+                           file=path) from None
+    except pd.errors.EmptyDataError:
+        raise TwinnetError("file is empty", file=path) from None
+    except (pd.errors.ParserError, ValueError) as exc:
+        raise TwinnetError(f"cannot be parsed as {kind}: {str(exc).splitlines()[0]}", file=path) from None

@@ -1,0 +1,219 @@
+"""Losses chosen by name, built on pytorch-metric-learning.
+
+Every loss takes the pytorch-metric-learning call shape ``loss(embeddings, labels=None,
+indices_tuple=None)``. The trainer passes a batch of *distinct* records' embeddings, the entity
+label of each row (``labels``; two rows of the same entity share it, so they are never pushed
+apart) and the labelled pairs among them as ``indices_tuple = (a1, p, a2, n)``: positive pairs
+``(a1[i], p[i])`` and negative pairs ``(a2[j], n[j])``.
+
+Label convention: 1 = same, 0 = different. After a call, ``loss.last_stats`` says how many pairs,
+triplets or anchors actually contributed, so an empty batch is visible rather than silently zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from pytorch_metric_learning import distances as pml_distances
+from pytorch_metric_learning import losses as pml_losses
+from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
+from torch import nn
+
+from twinnet.errors import TwinnetError
+
+IndicesTuple = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+class TwinLoss(nn.Module):
+    """Base class: subclasses implement ``compute`` and may set ``needs_pairs`` / ``needs_labels``."""
+
+    needs_pairs = False   # uses the labelled pairs (indices_tuple)
+    needs_labels = False  # uses entity labels for in-batch negatives
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last_stats: dict[str, int] = {}
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None,
+                indices_tuple: IndicesTuple | None = None) -> torch.Tensor:
+        if self.needs_pairs and indices_tuple is None and labels is None:
+            raise TwinnetError(f"{type(self).__name__} needs labelled pairs or class labels")
+        if self.needs_labels and labels is None:
+            raise TwinnetError(f"{type(self).__name__} needs class/entity labels")
+        return self.compute(embeddings, labels, indices_tuple)
+
+    def compute(self, embeddings, labels, indices_tuple) -> torch.Tensor:
+        raise NotImplementedError
+
+    @staticmethod
+    def zero(embeddings: torch.Tensor) -> torch.Tensor:
+        """A loss of exactly 0 that still has a (zero) gradient path to the embeddings."""
+        return embeddings.sum() * 0.0
+
+
+def _pairs(labels: torch.Tensor | None, indices_tuple: IndicesTuple | None) -> IndicesTuple:
+    if indices_tuple is not None:
+        return indices_tuple
+    return lmu.get_all_pairs_indices(labels)
+
+
+class SquaredEuclideanDistance(pml_distances.LpDistance):
+    """``||x - y||²`` computed exactly: identical vectors give distance 0 and gradient 0 (no sqrt)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(normalize_embeddings=False, p=2, power=1, **kwargs)
+
+    def compute_mat(self, query_emb, ref_emb):
+        return ((query_emb.unsqueeze(1) - ref_emb.unsqueeze(0)) ** 2).sum(-1)
+
+    def pairwise_distance(self, query_emb, ref_emb):
+        return ((query_emb - ref_emb) ** 2).sum(-1)
+
+
+def _mean_of_nonzero(losses: torch.Tensor) -> torch.Tensor:
+    """pytorch-metric-learning's AvgNonZeroReducer: pairs already beyond their margin do not dilute."""
+    count = (losses > 0).sum()
+    return losses.sum() / count.clamp(min=1)
+
+
+class ContrastiveLoss(TwinLoss):
+    """Hadsell-style contrastive loss: same pairs are pulled to distance 0, different pairs pushed
+    beyond ``margin``.
+
+    With the default distance (squared Euclidean) a same pair costs ``d²`` and a different pair
+    ``max(0, margin - d²)``; on unit vectors ``d² = 2 - 2·cos``, so margin 1.0 pushes different pairs
+    below cosine 0.5. The same and the different pairs are each averaged over the pairs with a
+    non-zero loss, then added (pytorch-metric-learning's reduction).
+    """
+
+    needs_pairs = True
+
+    def __init__(self, margin: float = 1.0, distance: pml_distances.BaseDistance | None = None) -> None:
+        super().__init__()
+        self.margin = margin
+        self.loss = pml_losses.ContrastiveLoss(pos_margin=0.0, neg_margin=margin,
+                                               distance=distance or SquaredEuclideanDistance())
+
+    def compute(self, embeddings, labels, indices_tuple):
+        pairs = self.select(embeddings, _pairs(labels, indices_tuple))
+        self.last_stats = {"positive_pairs": int(len(pairs[0])), "negative_pairs": int(len(pairs[2]))}
+        positive, negative = self.pair_losses(embeddings, pairs)
+        # The per-pair terms come from pytorch-metric-learning's ContrastiveLoss; its forward() is not
+        # used because it returns 0 for a batch holding a single pair.
+        return self.zero(embeddings) + _mean_of_nonzero(positive) + _mean_of_nonzero(negative)
+
+    def select(self, embeddings, pairs: IndicesTuple) -> IndicesTuple:
+        return pairs
+
+    def pair_losses(self, embeddings: torch.Tensor, pairs: IndicesTuple) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-pair losses (same pairs, different pairs), unreduced."""
+        dist = self.loss.distance
+        d_pos = dist.pairwise_distance(embeddings[pairs[0]], embeddings[pairs[1]])
+        d_neg = dist.pairwise_distance(embeddings[pairs[2]], embeddings[pairs[3]])
+        return self.loss.get_per_pair_loss(d_pos, "pos"), self.loss.get_per_pair_loss(d_neg, "neg")
+
+
+class OnlineContrastiveLoss(ContrastiveLoss):
+    """Contrastive loss over the hard pairs of the batch only: same pairs farther apart than the
+    closest different pair, and different pairs closer than the farthest same pair."""
+
+    def select(self, embeddings, pairs):
+        a1, p, a2, n = pairs
+        if len(a1) == 0 or len(a2) == 0:
+            return pairs
+        with torch.no_grad():
+            dist = self.loss.distance
+            d_pos = dist.pairwise_distance(embeddings[a1], embeddings[p])
+            d_neg = dist.pairwise_distance(embeddings[a2], embeddings[n])
+            hard_pos = d_pos > d_neg.min()
+            hard_neg = d_neg < d_pos.max()
+        return a1[hard_pos], p[hard_pos], a2[hard_neg], n[hard_neg]
+
+
+class MultipleNegativesLoss(TwinLoss):
+    """In-batch negatives (InfoNCE / NT-Xent): each same pair must out-score every record of another
+    entity in the batch. Rows sharing an entity label are never used as each other's negatives."""
+
+    needs_labels = True
+
+    def __init__(self, temperature: float = 0.05) -> None:
+        super().__init__()
+        self.loss = pml_losses.NTXentLoss(temperature=temperature)
+
+    def compute(self, embeddings, labels, indices_tuple):
+        a1, p, a2, n = lmu.get_all_pairs_indices(labels)
+        self.last_stats = {"positive_pairs": int(len(a1)), "negative_pairs": int(len(a2))}
+        if len(a1) == 0:
+            return self.zero(embeddings)
+        return self.loss(embeddings, labels)
+
+
+class TripletLoss(TwinLoss):
+    """Triplet margin loss ``max(0, d(a, p) - d(a, n) + margin)`` over every valid triplet of the
+    batch (Euclidean distance by default). ``last_stats['anchors']`` counts anchors that have both a
+    positive and a negative; with none the loss is exactly 0 with a zero gradient."""
+
+    def __init__(self, margin: float = 0.2, distance: pml_distances.BaseDistance | None = None) -> None:
+        super().__init__()
+        self.loss = pml_losses.TripletMarginLoss(
+            margin=margin, distance=distance or pml_distances.LpDistance(normalize_embeddings=False),
+            reducer=None)
+
+    def compute(self, embeddings, labels, indices_tuple):
+        if indices_tuple is not None and len(indices_tuple) == 3:
+            triplets = indices_tuple
+        elif labels is not None:
+            triplets = lmu.get_all_triplets_indices(labels)
+        else:
+            raise TwinnetError("TripletLoss needs class/entity labels or (anchor, positive, negative) indices")
+        self.last_stats = {"triplets": int(len(triplets[0])), "anchors": int(torch.unique(triplets[0]).numel())}
+        if len(triplets[0]) == 0:
+            return self.zero(embeddings)
+        return self.loss(embeddings, labels, indices_tuple=triplets)
+
+
+class SumLoss(TwinLoss):
+    """Several losses added together (``"online_contrastive+multiple_negatives"``)."""
+
+    def __init__(self, parts: list[TwinLoss], weights: list[float] | None = None) -> None:
+        super().__init__()
+        self.parts = nn.ModuleList(parts)
+        self.weights = weights or [1.0] * len(parts)
+        self.needs_pairs = any(p.needs_pairs for p in parts)
+        self.needs_labels = any(p.needs_labels for p in parts)
+
+    def compute(self, embeddings, labels, indices_tuple):
+        total = self.zero(embeddings)
+        self.last_stats = {}
+        for part, weight in zip(self.parts, self.weights):
+            total = total + weight * part(embeddings, labels, indices_tuple)
+            self.last_stats.update({f"{type(part).__name__}.{k}": v for k, v in part.last_stats.items()})
+        return total
+
+
+LOSSES: dict[str, Callable[..., TwinLoss]] = {
+    "contrastive": ContrastiveLoss,
+    "online_contrastive": OnlineContrastiveLoss,
+    "multiple_negatives": MultipleNegativesLoss,
+    "triplet": TripletLoss,
+}
+
+
+def build_loss(spec: str | TwinLoss, **params: Any) -> TwinLoss:
+    """A loss from its registry name, or several joined with ``+``; ``params`` go to each part that
+    accepts them (e.g. ``margin``, ``temperature``)."""
+    if isinstance(spec, TwinLoss):
+        return spec
+    names = [name.strip() for name in spec.split("+")]
+    unknown = [n for n in names if n not in LOSSES]
+    if unknown:
+        raise TwinnetError(f"unknown loss {unknown[0]!r}; choose from {', '.join(LOSSES)} (join with '+')")
+    parts = []
+    for name in names:
+        import inspect
+
+        accepted = inspect.signature(LOSSES[name]).parameters
+        parts.append(LOSSES[name](**{k: v for k, v in params.items() if k in accepted}))
+    return parts[0] if len(parts) == 1 else SumLoss(parts)

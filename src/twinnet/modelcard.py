@@ -1,0 +1,47 @@
+"""The generated README.md of a model folder."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from twinnet.model import SiameseModel
+
+
+def render_model_card(model: SiameseModel) -> str:
+    card = model.card_ or {}
+    enc = model.encoder.config()
+    lines = ["# twinnet Siamese model", "",
+             "One shared encoder embeds both records; the cosine similarity of the L2-normalised embeddings is "
+             "the score; a pair is **same** when `score >= threshold`.", "",
+             "## Encoder", ""]
+    lines += [f"- {k}: `{v}`" for k, v in enc.items()]
+    lines += [f"- normalisation: `{model.normalize}`", f"- similarity: `{model.similarity}`",
+              f"- serialisation: `{model.serializer.to_dict()}`", ""]
+    if card.get("train"):
+        lines += ["## Training data", ""]
+        for split in ("train", "valid"):
+            if card.get(split):
+                info = {k: v for k, v in card[split].items()}
+                lines.append(f"- {split}: " + ", ".join(f"{k} {v}" for k, v in info.items()))
+        lines += ["", "## Settings", ""]
+        lines += [f"- {k}: `{v}`" for k, v in card.get("settings", {}).items()]
+        lines += [f"- selected epoch (best validation F1): {card.get('selected_epoch')}",
+                  f"- training time: {card.get('train_seconds', 0):.0f} s on {card.get('device', '?')}", ""]
+    if model.calibration_ is not None:
+        op = model.calibration_.operating_point_
+        lines += ["## Decision threshold (fitted on validation)", "",
+                  f"- strategy: `{model.calibration_.strategy}`, probability map: `{model.calibration_.probability}`",
+                  f"- threshold: **{model.calibration_.threshold_:.4f}**",
+                  "- validation operating point: " + ", ".join(
+                      f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in op.items()), ""]
+    if card.get("test"):
+        test = card["test"]
+        lines += ["## Test metrics (threshold from validation, applied unchanged)", "",
+                  "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.4f} |" for k, v in test.items() if isinstance(v, float)]
+        lines.append("")
+    lines += ["## Use", "", "```python", "from twinnet import SiameseModel",
+              "model = SiameseModel.load('path/to/this/folder')",
+              "model.verify(record_a, record_b)  # Decision(same=..., score=..., probability=...)", "```", ""]
+    return "\n".join(lines)

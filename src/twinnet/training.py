@@ -1,0 +1,294 @@
+"""Trainer: fit a SiameseModel on labelled pairs, select the best epoch on validation, calibrate.
+
+Batches are built around records, not pairs: a batch takes whole groups of pairs that share a
+left record (in ER data a record sits in ~5 labelled pairs with its hardest candidates), and every
+distinct record text in the batch is encoded once. All other records of the batch serve as extra
+in-batch negatives, except those of the same entity (connected components of the training
+positives), which are never pushed apart.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from twinnet.calibration import fit_calibrator
+from twinnet.data.pairs import PairDataset
+from twinnet.errors import TwinnetError
+from twinnet.losses import TwinLoss, build_loss
+from twinnet.metrics import best_f1
+from twinnet.model import SiameseModel
+
+log = logging.getLogger("twinnet")
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def entity_labels(pairs: PairDataset) -> dict[str, int]:
+    """Entity index per record id: connected components of the positive pairs (union-find)."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for lid, rid, label in zip(pairs.left_ids, pairs.right_ids, pairs.labels):
+        ra, rb = find(lid), find(rid)
+        if label == 1 and ra != rb:
+            parent[ra] = rb
+    roots: dict[str, int] = {}
+    return {rid: roots.setdefault(find(rid), len(roots)) for rid in sorted(pairs.record_ids())}
+
+
+def grouped_batches(pairs: PairDataset, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Pair indices in batches of about ``batch_size`` pairs, keeping each left record's pairs together."""
+    groups: dict[str, list[int]] = {}
+    for i, lid in enumerate(pairs.left_ids):
+        groups.setdefault(lid, []).append(i)
+    order = list(groups.values())
+    rng.shuffle(order)
+    batch: list[int] = []
+    for group in order:
+        if batch and len(batch) + len(group) > batch_size:
+            yield np.asarray(batch)
+            batch = []
+        batch.extend(group)
+    if batch:
+        yield np.asarray(batch)
+
+
+@dataclass
+class EpochResult:
+    epoch: int
+    train_loss: float
+    valid_best_f1: float | None
+    pairs_per_s: float
+    seconds: float
+
+
+class Trainer:
+    """Fit a :class:`SiameseModel` on labelled pairs.
+
+    Parameters
+    ----------
+    model: the model to train (changed in place).
+    loss: a registered loss name (``contrastive``, ``online_contrastive``, ``multiple_negatives``,
+        ``triplet``) or several joined by ``+``, or a :class:`~twinnet.losses.TwinLoss`.
+    epochs, batch_size (pairs per step), learning_rate, warmup_ratio, weight_decay, max_grad_norm:
+        AdamW with linear warm-up and decay.
+    seed: makes shuffling, dropout and initialisation repeatable.
+    calibration, probability: the threshold strategy and probability map fitted on validation.
+    select_best: keep the epoch (0 = before training) with the best validation F1.
+    """
+
+    def __init__(self, model: SiameseModel, loss: str | TwinLoss = "online_contrastive+multiple_negatives", *,
+                 epochs: int = 3, batch_size: int = 32, learning_rate: float = 5e-5, warmup_ratio: float = 0.1,
+                 weight_decay: float = 0.01, max_grad_norm: float = 1.0, seed: int = 42,
+                 calibration: str = "max_f1", probability: str = "isotonic", calibration_target: float | None = None,
+                 select_best: bool = True, loss_params: dict[str, Any] | None = None, device: str | None = None,
+                 log_file: str | Path | None = None, progress: bool = True, eval_batch_size: int = 128) -> None:
+        self.model = model
+        self.loss = loss
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.warmup_ratio = warmup_ratio
+        self.weight_decay = weight_decay
+        self.max_grad_norm = max_grad_norm
+        self.seed = seed
+        self.calibration = calibration
+        self.probability = probability
+        self.calibration_target = calibration_target
+        self.select_best = select_best
+        self.loss_params = loss_params or {}
+        self.device = device
+        self.log_file = log_file
+        self.progress = progress
+        self.eval_batch_size = eval_batch_size
+
+    # ------------------------------------------------------------------ public
+    def fit(self, train: PairDataset, valid: PairDataset | None = None) -> SiameseModel:
+        self._validate(train, valid)
+        set_seed(self.seed)
+        device = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model = self.model.to(device)
+        loss_fn = build_loss(self.loss, **self.loss_params).to(device)
+        rng = np.random.default_rng(self.seed)
+
+        texts_left, texts_right = train.texts(model.serializer)
+        unique_texts = sorted(set(texts_left) | set(texts_right))
+        row_of = {t: i for i, t in enumerate(unique_texts)}
+        prepared = model.encoder.prepare(unique_texts)
+        truncated = sum(1 for p in prepared if getattr(p, "truncated_tokens", 0) > 0)
+        entity_of_id = entity_labels(train)
+        entity_of_row = np.empty(len(unique_texts), dtype=np.int64)
+        for ids, texts in ((train.left_ids, texts_left), (train.right_ids, texts_right)):
+            for rid, text in zip(ids, texts):
+                entity_of_row[row_of[text]] = entity_of_id[rid]
+        left_rows = np.asarray([row_of[t] for t in texts_left])
+        right_rows = np.asarray([row_of[t] for t in texts_right])
+
+        steps_per_epoch = sum(1 for _ in grouped_batches(train, self.batch_size, np.random.default_rng(0)))
+        total_steps = max(1, steps_per_epoch * self.epochs)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
+        warmup = int(self.warmup_ratio * total_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min((step + 1) / max(1, warmup), max(0.0, (total_steps - step) / max(1, total_steps - warmup))))
+
+        self.history_: list[dict[str, Any]] = []
+        best_state, best_f1_value, best_epoch = None, -1.0, 0
+        if valid is not None and self.select_best:
+            best_f1_value = self._valid_f1(model, valid)
+            best_state = copy.deepcopy(model.state_dict())
+            self._log({"epoch": 0, "valid_best_f1": best_f1_value})
+        skipped = 0
+        started = time.perf_counter()
+        with _progress(self.progress) as bar:
+            task = bar.add_task("training", total=total_steps, loss=float("nan"), speed=0.0)
+            for epoch in range(1, self.epochs + 1):
+                model.train()
+                epoch_start, losses, pairs_seen, encoded = time.perf_counter(), [], 0, 0
+                for index in grouped_batches(train, self.batch_size, rng):
+                    rows = np.unique(np.r_[left_rows[index], right_rows[index]])
+                    local = {r: i for i, r in enumerate(rows)}
+                    features = {k: v.to(device) for k, v in model.encoder.collate([prepared[r] for r in rows]).items()}
+                    embeddings = model(features)
+                    labels = torch.as_tensor(entity_of_row[rows], device=device)
+                    a = torch.as_tensor([local[r] for r in left_rows[index]], device=device)
+                    b = torch.as_tensor([local[r] for r in right_rows[index]], device=device)
+                    y = torch.as_tensor(train.labels[index], device=device)
+                    distinct = a != b
+                    pos, neg = (y == 1), (y == 0) & distinct
+                    loss = loss_fn(embeddings, labels, (a[pos], b[pos], a[neg], b[neg]))
+                    if not torch.isfinite(loss):
+                        skipped += 1
+                        optimizer.zero_grad(set_to_none=True)
+                        log.warning("non-finite loss at epoch %d; step skipped (%d so far)", epoch, skipped)
+                        if skipped > 10:
+                            raise TwinnetError("the loss was NaN/inf more than 10 times; lower the learning rate")
+                        continue
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), self.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    losses.append(float(loss.detach()))
+                    pairs_seen += len(index)
+                    encoded += len(rows)
+                    speed = pairs_seen / max(time.perf_counter() - epoch_start, 1e-9)
+                    bar.update(task, advance=1, loss=float(np.mean(losses[-20:])), speed=speed,
+                               description=f"epoch {epoch}/{self.epochs}")
+                seconds = time.perf_counter() - epoch_start
+                valid_f1 = self._valid_f1(model, valid) if valid is not None else None
+                record = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                          "valid_best_f1": valid_f1, "pairs_per_s": pairs_seen / max(seconds, 1e-9),
+                          "records_encoded": encoded, "pairs": pairs_seen, "seconds": seconds}
+                self._log(record)
+                self._check_collapse(model, valid or train)
+                if valid is not None and self.select_best and valid_f1 is not None and valid_f1 > best_f1_value:
+                    best_f1_value, best_state, best_epoch = valid_f1, copy.deepcopy(model.state_dict()), epoch
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        model.eval()
+        if valid is not None:
+            model.calibration_ = fit_calibrator(model.score_pairs(valid, batch_size=self.eval_batch_size), valid.labels,
+                                                strategy=self.calibration, probability=self.probability,
+                                                target=self.calibration_target)
+        model.card_ = {
+            "train": {"name": train.name, **train.summary(), "truncated_records": truncated,
+                      "distinct_texts": len(unique_texts)},
+            "valid": {"name": valid.name, **valid.summary()} if valid is not None else None,
+            "settings": self.settings(),
+            "selected_epoch": best_epoch if valid is not None and self.select_best else self.epochs,
+            "history": self.history_, "train_seconds": time.perf_counter() - started,
+            "skipped_steps": skipped, "device": str(device),
+            "train_record_ids": sorted(train.record_ids()),
+        }
+        return model
+
+    def settings(self) -> dict[str, Any]:
+        loss = self.loss if isinstance(self.loss, str) else type(self.loss).__name__
+        return {"loss": loss, "loss_params": self.loss_params, "epochs": self.epochs, "batch_size": self.batch_size,
+                "learning_rate": self.learning_rate, "warmup_ratio": self.warmup_ratio,
+                "weight_decay": self.weight_decay, "seed": self.seed, "calibration": self.calibration,
+                "probability": self.probability, "max_length": getattr(self.model.encoder, "max_length", None)}
+
+    # ------------------------------------------------------------------ helpers
+    def _validate(self, train: PairDataset, valid: PairDataset | None) -> None:
+        if not train.has_labels or len(train) == 0:
+            raise TwinnetError("training needs labelled pairs (a 'label' column of 0/1)", file=train.name or None)
+        if self.epochs < 0 or self.batch_size < 2:
+            raise TwinnetError("epochs must be >= 0 and batch_size >= 2")
+        if valid is not None:
+            if not valid.has_labels:
+                raise TwinnetError("validation pairs need labels", file=valid.name or None)
+            positives = int(valid.labels.sum())
+            if positives in (0, len(valid)):
+                only = "same (1)" if positives else "different (0)"
+                raise TwinnetError(f"validation split has only {only} pairs; no threshold can be fitted. "
+                                   "Use a validation split with both classes", file=valid.name or None)
+
+    def _valid_f1(self, model: SiameseModel, valid: PairDataset) -> float:
+        scores = model.score_pairs(valid, batch_size=self.eval_batch_size)
+        return best_f1(valid.labels, scores)[0]
+
+    def _check_collapse(self, model: SiameseModel, pairs: PairDataset) -> None:
+        sample = pairs.subset(np.arange(min(len(pairs), 200)))
+        emb = model.embed(list(sample.left) + list(sample.right), batch_size=self.eval_batch_size)
+        spread = float(np.mean(np.std(emb, axis=0)))
+        if not np.isfinite(emb).all():
+            raise TwinnetError("embeddings became NaN/inf during training; lower the learning rate")
+        if spread < 1e-3:
+            log.warning("embeddings are collapsing (mean per-dimension std %.2e): every input maps to nearly "
+                        "the same vector; lower the learning rate or change the loss", spread)
+
+    def _log(self, record: dict[str, Any]) -> None:
+        self.history_.append(record)
+        log.info("%s", record)
+        if self.log_file:
+            path = Path(self.log_file)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a", encoding="utf-8") as out:
+                out.write(json.dumps(record) + "\n")
+
+
+class _NoProgress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def add_task(self, *args, **kwargs):
+        return 0
+
+    def update(self, *args, **kwargs):
+        pass
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return _NoProgress()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[speed]:.1f} pairs/s"),
+                    TimeElapsedColumn(), TimeRemainingColumn(), transient=False)

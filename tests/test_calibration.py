@@ -1,0 +1,114 @@
+"""Thresholds and probabilities fitted on validation (shared/cases C05, C06), and the metrics."""
+
+import json
+
+import numpy as np
+import pytest
+
+from twinnet.calibration import Calibrator, fit_calibrator
+from twinnet.errors import CalibrationError
+from twinnet.metrics import binary_metrics, bootstrap_intervals, expected_calibration_error, sweep
+
+C05_SCORES = np.array([0.9, 0.85, 0.7, 0.2, 0.01])
+C05_LABELS = np.array([1, 1, 0, 1, 0])
+
+
+def test_c05_max_f1_and_accuracy():
+    cal = Calibrator().fit(C05_SCORES, C05_LABELS)
+    assert 0.01 < cal.threshold_ <= 0.20
+    assert cal.threshold_ == pytest.approx((0.2 + 0.01) / 2)  # midpoint between neighbouring scores
+    op = cal.operating_point_
+    assert op["f1"] == pytest.approx(6 / 7, abs=1e-3) and op["precision"] == 0.75 and op["recall"] == 1.0
+    acc = Calibrator("max_accuracy").fit(C05_SCORES, C05_LABELS)
+    assert acc.operating_point_["accuracy"] == pytest.approx(0.8)
+
+
+def test_c05_single_class_is_a_clear_error():
+    with pytest.raises(CalibrationError, match="only same"):
+        Calibrator().fit(C05_SCORES, np.ones(5, dtype=int))
+
+
+def test_c06_imbalanced_validation_threshold_applied_unchanged():
+    scores = np.array([0.92, 0.85, 0.60, 0.88, 0.70, 0.55, 0.50, 0.40, 0.30, 0.20, 0.10])
+    labels = np.array([1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0])
+    cal = Calibrator().fit(scores, labels)
+    assert 0.55 < cal.threshold_ <= 0.60
+    assert cal.operating_point_["f1"] == pytest.approx(0.75)
+    assert cal.operating_point_["precision"] == pytest.approx(0.6)
+    fixed = binary_metrics(labels, scores, 0.5)
+    assert fixed["f1"] == pytest.approx(0.6)
+    test_scores = np.array([0.58, 0.57])
+    assert cal.predict(test_scores).tolist() == [1, 0]  # the stored threshold, not re-tuned
+
+
+def test_hand_computed_sweep():
+    s = sweep(np.array([0.8, 0.8, 0.3]), np.array([1, 0, 1]))
+    assert s.tp.tolist() == [0, 1, 2] and s.fp.tolist() == [0, 1, 1]
+    assert s.thresholds[1] == pytest.approx(0.55)
+
+
+def test_strategies():
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.ones(200, int), np.zeros(800, int)]
+    scores = np.r_[rng.normal(0.8, 0.1, 200), rng.normal(0.4, 0.15, 800)]
+    fmr = Calibrator("fmr", target=0.01).fit(scores, labels)
+    assert fmr.operating_point_["fmr"] <= 0.01
+    # the lowest such threshold: one notch lower breaks the target
+    assert (scores[labels == 0] >= fmr.threshold_).mean() <= 0.01
+    rec = Calibrator("recall", target=0.95).fit(scores, labels)
+    assert rec.operating_point_["recall"] >= 0.95
+    eer = Calibrator("eer").fit(scores, labels)
+    assert abs(eer.operating_point_["fmr"] - eer.operating_point_["fnmr"]) < 0.02
+    cheap = Calibrator("cost", cost_ratio=0.1).fit(scores, labels)
+    dear = Calibrator("cost", cost_ratio=10).fit(scores, labels)
+    assert dear.threshold_ > cheap.threshold_  # costly false matches -> stricter threshold
+
+
+def test_bad_calibration_inputs():
+    with pytest.raises(CalibrationError, match="identical"):
+        Calibrator().fit(np.full(4, 0.5), np.array([0, 1, 0, 1]))
+    with pytest.raises(CalibrationError, match="NaN"):
+        Calibrator().fit(np.array([0.1, np.nan, 0.3, 0.2]), np.array([0, 1, 0, 1]))
+    with pytest.raises(CalibrationError, match="needs a target"):
+        Calibrator("fmr").fit(C05_SCORES, C05_LABELS)
+    with pytest.raises(CalibrationError, match="unknown threshold strategy"):
+        Calibrator("magic").fit(C05_SCORES, C05_LABELS)
+
+
+@pytest.mark.parametrize("method", ["isotonic", "platt"])
+def test_probability_maps_are_monotone_and_calibrated(method):
+    rng = np.random.default_rng(1)
+    scores = rng.uniform(0, 1, 4000)
+    labels = (rng.uniform(0, 1, 4000) < scores ** 2).astype(int)  # true P(same) = score²
+    cal = Calibrator(probability=method).fit(scores, labels)
+    grid = np.linspace(0, 1, 50)
+    p = cal.predict_proba(grid)
+    assert np.all(np.diff(p) >= -1e-12) and p.min() >= 0 and p.max() <= 1
+    # close to the true probability on fresh scores
+    fresh = rng.uniform(0, 1, 4000)
+    assert np.mean(np.abs(cal.predict_proba(fresh) - fresh ** 2)) < (0.03 if method == "isotonic" else 0.08)
+    labels_fresh = (rng.uniform(0, 1, 4000) < fresh ** 2).astype(int)
+    assert expected_calibration_error(labels_fresh, cal.predict_proba(fresh)) < 0.06
+
+
+def test_calibration_round_trips_as_json_and_other_operating_points():
+    rng = np.random.default_rng(2)
+    labels = np.r_[np.ones(100, int), np.zeros(400, int)]
+    scores = np.r_[rng.normal(0.8, 0.1, 100), rng.normal(0.4, 0.15, 400)]
+    cal = fit_calibrator(scores, labels)
+    again = Calibrator.from_dict(json.loads(json.dumps(cal.to_dict())))
+    assert again.threshold_ == cal.threshold_
+    np.testing.assert_allclose(again.predict_proba(scores), cal.predict_proba(scores))
+    strict = again.threshold_for(fmr=0.001)
+    assert strict > again.threshold_
+    assert strict == Calibrator("fmr", target=0.001).fit(scores, labels).threshold_
+
+
+def test_bootstrap_intervals_contain_point_estimate():
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, 500)
+    scores = labels * 0.3 + rng.uniform(0, 1, 500)
+    point = binary_metrics(labels, scores, 0.6)
+    ci = bootstrap_intervals(labels, scores, 0.6, rounds=300)
+    for key in ("precision", "recall", "f1", "roc_auc"):
+        assert ci[key][0] <= point[key] <= ci[key][1]

@@ -1,0 +1,78 @@
+"""Trainer: learns on tiny data, is deterministic, encodes each record once, checks its inputs."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import make_tiny_encoder, synthetic_pairs
+from twinnet import PairDataset, SiameseModel, Trainer
+from twinnet.errors import TwinnetError
+from twinnet.metrics import best_f1
+from twinnet.training import entity_labels, grouped_batches
+
+
+def _train(tokenizer, loss="online_contrastive+multiple_negatives", epochs=4, seed=0, **kw):
+    train, valid = synthetic_pairs(24, seed=0), synthetic_pairs(24, seed=1)
+    model = SiameseModel(make_tiny_encoder(tokenizer, seed=0))
+    trainer = Trainer(model, loss=loss, epochs=epochs, batch_size=8, learning_rate=1e-3, seed=seed,
+                      progress=False, **kw)
+    trainer.fit(train, valid)
+    return model, trainer, train, valid
+
+
+def test_training_learns_and_calibrates(tokenizer, tmp_path):
+    train, valid = synthetic_pairs(24, seed=0), synthetic_pairs(24, seed=1)
+    untrained = SiameseModel(make_tiny_encoder(tokenizer, seed=0))
+    before = best_f1(valid.labels, untrained.score_pairs(valid))[0]
+    model, trainer, _, _ = _train(tokenizer, log_file=tmp_path / "log.jsonl")
+    after = best_f1(valid.labels, model.score_pairs(valid))[0]
+    assert before < 0.8 and after >= 0.9
+    assert model.calibration_ is not None and model.calibration_.strategy == "max_f1"
+    lines = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [0, 1, 2, 3, 4]
+    assert all(np.isfinite(x["train_loss"]) for x in lines[1:])
+    assert model.card_["selected_epoch"] == max(range(5), key=lambda e: (lines[e]["valid_best_f1"], -e))
+
+
+@pytest.mark.parametrize("loss", ["contrastive", "online_contrastive", "multiple_negatives", "triplet"])
+def test_each_loss_trains_with_finite_values(tokenizer, loss):
+    model, trainer, _, valid = _train(tokenizer, loss=loss, epochs=1)
+    assert all(np.isfinite(h["train_loss"]) for h in trainer.history_[1:])
+    assert np.isfinite(model.score_pairs(valid)).all()
+
+
+def test_same_seed_same_model(tokenizer):
+    a, _, _, valid = _train(tokenizer, epochs=2, seed=7)
+    b, _, _, _ = _train(tokenizer, epochs=2, seed=7)
+    assert np.array_equal(a.score_pairs(valid), b.score_pairs(valid))
+    assert a.calibration_.threshold_ == b.calibration_.threshold_
+
+
+def test_each_distinct_record_encoded_once_per_batch(tokenizer):
+    model, trainer, train, _ = _train(tokenizer, epochs=1)
+    epoch = trainer.history_[1]
+    assert epoch["pairs"] == len(train)
+    distinct_per_batch = 0
+    texts_l, texts_r = train.texts(model.serializer)
+    for index in grouped_batches(train, 8, np.random.default_rng(0)):
+        distinct_per_batch += len({texts_l[i] for i in index} | {texts_r[i] for i in index})
+    assert epoch["records_encoded"] == distinct_per_batch < 2 * len(train)
+
+
+def test_grouped_batches_keep_left_record_pairs_together():
+    pairs = PairDataset(["a", "a", "a", "b", "c"], ["x", "y", "z", "x", "y"], np.array([1, 0, 0, 1, 0]),
+                        left_ids=["a", "a", "a", "b", "c"], right_ids=["x", "y", "z", "x", "y"])
+    batches = list(grouped_batches(pairs, 3, np.random.default_rng(0)))
+    assert sorted(np.concatenate(batches).tolist()) == [0, 1, 2, 3, 4]
+    assert any(sorted(b.tolist()) == [0, 1, 2] for b in batches)
+    groups = entity_labels(pairs)
+    assert groups["a"] == groups["x"] == groups["b"] and groups["y"] != groups["a"]
+
+
+def test_single_class_validation_is_refused(tokenizer):
+    train = synthetic_pairs(8)
+    valid = train.subset(np.nonzero(train.labels == 0)[0])
+    model = SiameseModel(make_tiny_encoder(tokenizer))
+    with pytest.raises(TwinnetError, match="only different"):
+        Trainer(model, epochs=1, progress=False).fit(train, valid)
