@@ -162,6 +162,8 @@ def evaluate(
                                                 "dataset's train/valid splits).")] = True,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap rounds for 95% intervals (0 = off).")] = 1000,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the report as JSON.")] = None,
+    update_card: Annotated[bool, typer.Option(help="Record the metrics in the model folder's card.")] = True,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --output file.")] = False,
     threads: Threads = None,
 ) -> None:
     """Evaluate a saved model with its stored threshold (never re-tuned on the evaluated data).
@@ -175,6 +177,8 @@ def evaluate(
     from twinnet.evaluation import evaluate as run_evaluation
     from twinnet.io import write_json
 
+    if output is not None and output.exists() and not overwrite:
+        raise TwinnetError("output already exists; pass --overwrite to replace it", file=output)
     siamese = _load_model(model_path)
     is_folder = data.lower() in _dataset_names() or Path(data).is_dir()
     names = (split, "train", "valid") if is_folder and split not in ("train", "valid") else (split,)
@@ -189,6 +193,12 @@ def evaluate(
     if output:
         write_json(output, report.to_dict())
         console.print(f"wrote {output}")
+    if update_card and threshold is None and fmr is None:
+        from twinnet.modelcard import write_card_files
+
+        siamese.card_.setdefault("evaluations", {})[pairs.name or split] = {
+            k: v for k, v in report.metrics.items() if isinstance(v, (int, float))}
+        write_card_files(siamese, model_path)
 
 
 def _dataset_names() -> set[str]:
@@ -327,6 +337,47 @@ def embed(
         else:
             pd.DataFrame({"id": ids, "embedding": list(vectors)}).to_parquet(tmp, index=False)
     console.print(f"wrote {vectors.shape[0]} × {vectors.shape[1]} embeddings to {output}")
+
+
+# ---------------------------------------------------------------------------------------------- audit
+@app.command()
+def audit(
+    data: Annotated[str, typer.Argument(help="Dataset name, DeepMatcher folder, or pair file(s) given with --split.")],
+    extra: Annotated[Optional[list[str]], typer.Option("--split", help="NAME=FILE for more pair files "
+                                                                     "(e.g. --split test=test.csv).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the findings as JSON.")] = None,
+    strict: Annotated[bool, typer.Option(help="Exit 1 when leaked pairs or label conflicts are found.")] = False,
+) -> None:
+    """Check pair data for duplicates, label and transitivity conflicts, leakage between splits, class balance,
+    empty records and near-identical records labelled different.
+
+    Example:
+
+        twinnet audit abt-buy --strict
+
+        twinnet audit train.csv --split valid=valid.csv --split test=test.csv -o audit.json
+    """
+    _setup(None)
+    from twinnet.data import read_any
+    from twinnet.data.audit import audit as run_audit
+    from twinnet.data.audit import format_report
+    from twinnet.io import write_json
+
+    options = {"allow_empty_records": True}
+    is_folder = data.lower() in _dataset_names() or Path(data).is_dir()
+    splits = _load_splits(data, ("train", "valid", "test") if is_folder else ("train",), options)
+    for item in extra or []:
+        name, sep, file = item.partition("=")
+        if not sep:
+            raise TwinnetError(f"--split needs NAME=FILE, got {item!r}")
+        splits[name] = read_any(Path(file), split=name, **options)
+    report = run_audit(splits)
+    out.print(format_report(report), highlight=False)
+    if output:
+        write_json(output, report.to_dict())
+    if strict and report.has_leakage_or_conflicts:
+        console.print("[red]strict[/]: leakage or label conflicts found")
+        raise typer.Exit(1)
 
 
 # ---------------------------------------------------------------------------------------------- datasets

@@ -212,7 +212,7 @@ class SiameseModel(nn.Module):
 
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = True) -> Path:
         """Write the model folder atomically: a failed save leaves any previous folder intact."""
-        from twinnet.modelcard import render_model_card
+        from twinnet.modelcard import write_card_files
 
         target = Path(path)
         if target.exists() and not overwrite:
@@ -228,8 +228,7 @@ class SiameseModel(nn.Module):
             if self.calibration_ is not None:
                 (staging / "calibration.json").write_text(
                     json.dumps(self.calibration_.to_dict(), indent=2) + "\n")
-            (staging / "training.json").write_text(json.dumps(self.card_, indent=2, default=str) + "\n")
-            (staging / "README.md").write_text(render_model_card(self), encoding="utf-8")
+            write_card_files(self, staging)
             if target.exists():
                 backup = target.with_name(f".{target.name}.old")
                 shutil.rmtree(backup, ignore_errors=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -35,13 +37,23 @@ def render_model_card(model: SiameseModel) -> str:
                   f"- threshold: **{model.calibration_.threshold_:.4f}**",
                   "- validation operating point: " + ", ".join(
                       f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in op.items()), ""]
-    if card.get("test"):
-        test = card["test"]
-        lines += ["## Test metrics (threshold from validation, applied unchanged)", "",
+    for name, result in (card.get("evaluations") or {}).items():
+        lines += [f"## Evaluation on `{name}` (threshold from validation, applied unchanged)", "",
                   "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {v:.4f} |" for k, v in test.items() if isinstance(v, float)]
+        lines += [f"| {k} | {v:.4f} |" for k, v in result.items() if isinstance(v, float)]
         lines.append("")
     lines += ["## Use", "", "```python", "from twinnet import SiameseModel",
               "model = SiameseModel.load('path/to/this/folder')",
               "model.verify(record_a, record_b)  # Decision(same=..., score=..., probability=...)", "```", ""]
     return "\n".join(lines)
+
+
+def write_card_files(model: SiameseModel, folder: Path) -> None:
+    """(Re)write ``training.json`` and the ``README.md`` model card of a model folder, atomically."""
+    from twinnet.io import atomic_path
+
+    with atomic_path(folder / "training.json") as tmp:
+        tmp.write_text(json.dumps(model.card_, indent=2, default=str) + "\n")
+    card = render_model_card(model)
+    with atomic_path(folder / "README.md") as tmp:
+        tmp.write_text(card, encoding="utf-8")

@@ -1,0 +1,141 @@
+"""ER-Magellan benchmark: char TF-IDF, the pretrained model without fine-tuning, and trained twinnet.
+
+Protocol (../shared/BENCHMARKS.md): train on train; threshold, epoch and recipe chosen on valid; test evaluated once
+with the stored threshold. Each dataset runs in its own process so that wall time and peak RSS are its own.
+
+    python benchmarks/er_magellan.py                     # all four datasets (about an hour on 2 cores)
+    python benchmarks/er_magellan.py --datasets abt-buy  # one
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from common import RESULTS, peak_rss_mb, write_results  # noqa: E402
+
+# The recipe per dataset: which attributes are serialised, and how long inputs may be.
+RECIPES = {
+    "abt-buy": {"attributes": ["name", "description"], "max_length": 64},
+    "amazon-google": {"attributes": ["title", "manufacturer", "price"], "max_length": 48},
+    "dblp-acm": {"attributes": ["title", "authors", "venue", "year"], "max_length": 64},
+    "wdc-computers": {"attributes": ["title"], "max_length": 64},
+}
+TRAINING = {"loss": "online_contrastive+multiple_negatives", "epochs": 4, "batch_size": 32, "learning_rate": 5e-5,
+            "seed": 42}
+PUBLISHED = {  # F1 %, test split (../shared/BENCHMARKS.md)
+    "abt-buy": {"DeepMatcher": 62.8, "Ditto": 89.33, "R-SupCon": 94.29},
+    "amazon-google": {"DeepMatcher": 69.3, "Ditto": 75.58, "R-SupCon": 79.28},
+    "dblp-acm": {"DeepMatcher": 98.4, "Ditto": 98.99},
+    "wdc-computers": {"Ditto": 80.76},
+}
+TITLES = {"abt-buy": "Abt-Buy", "amazon-google": "Amazon-Google", "dblp-acm": "DBLP-ACM",
+          "wdc-computers": "WDC-computers"}
+
+
+def run_one(name: str, epochs: int) -> list[dict]:
+    from twinnet import SiameseModel, Trainer, datasets
+    from twinnet.baselines import TfidfBaseline
+    from twinnet.data import RecordSerializer
+    from twinnet.evaluation import evaluate
+
+    recipe = RECIPES[name]
+    train, valid, test = datasets.load_pairs(name)
+    serializer = RecordSerializer(attributes=recipe["attributes"])
+    rows = []
+
+    def row(method, report, wall, settings=None):
+        m = report.metrics
+        return {"dataset": TITLES[name], "method": method, "metric": "f1", "value": round(100 * m["f1"], 2),
+                "precision": round(100 * m["precision"], 2), "recall": round(100 * m["recall"], 2),
+                "roc_auc": round(m["roc_auc"], 4), "threshold": round(m["threshold"], 6),
+                "best_possible_test_f1": round(100 * m.get("best_f1", float("nan")), 2),
+                "ece": round(m["ece"], 4) if "ece" in m else None,
+                "wall_s": round(wall, 1), "peak_rss_mb": round(peak_rss_mb(), 1), "settings": settings or {}}
+
+    start = time.perf_counter()
+    tfidf = TfidfBaseline(serializer).fit(train, valid)
+    from twinnet.metrics import binary_metrics
+
+    class _Report:  # the baseline has no model; reuse the metrics table shape
+        metrics = binary_metrics(test.labels, tfidf.score_pairs(test), tfidf.calibration_.threshold_)
+    rows.append(row("tfidf", _Report, time.perf_counter() - start, {"ngram_range": [2, 5], "analyzer": "char_wb"}))
+
+    start = time.perf_counter()
+    pretrained = SiameseModel.for_text(max_length=recipe["max_length"], serializer=serializer)
+    pretrained.calibrate(valid)
+    report = evaluate(pretrained, test, bootstrap=0)
+    rows.append(row("pretrained", report, time.perf_counter() - start, {"model": "all-MiniLM-L6-v2", **recipe}))
+
+    start = time.perf_counter()
+    model = SiameseModel.for_text(max_length=recipe["max_length"], serializer=serializer)
+    settings = {**TRAINING, "epochs": epochs}
+    Trainer(model, progress=False, **settings).fit(train, valid)
+    wall = time.perf_counter() - start
+    report = evaluate(model, test, bootstrap=0, train=train)
+    result = row("twinnet", report, wall, {**settings, **recipe, "selected_epoch": model.card_["selected_epoch"],
+                                           "valid_f1": round(100 * model.calibration_.operating_point_["f1"], 2)})
+    result["unseen_f1"] = round(100 * report.subsets["unseen"]["f1"], 2) if "unseen" in report.subsets else None
+    result["train_pairs_per_s"] = round(sum(h.get("pairs", 0) for h in model.card_["history"]) /
+                                        max(sum(h.get("seconds", 0) for h in model.card_["history"]), 1e-9), 1)
+    rows.append(result)
+    return rows
+
+
+def markdown(results: list[dict]) -> str:
+    lines = ["| dataset | twinnet F1 | P | R | pretrained F1 | char TF-IDF F1 | published | train wall s | peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for key, title in TITLES.items():
+        by = {r["method"]: r for r in results if r["dataset"] == title}
+        if "twinnet" not in by:
+            continue
+        t = by["twinnet"]
+        pub = ", ".join(f"{k} {v}" for k, v in PUBLISHED[key].items())
+        lines.append(f"| {title} | **{t['value']}** | {t['precision']} | {t['recall']} | "
+                     f"{by.get('pretrained', {}).get('value', '–')} | {by.get('tfidf', {}).get('value', '–')} | {pub} | "
+                     f"{t['wall_s']} | {t['peak_rss_mb']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", default=",".join(RECIPES))
+    parser.add_argument("--epochs", type=int, default=TRAINING["epochs"])
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print("RESULTS " + json.dumps(run_one(args.one, args.epochs)), flush=True)
+        return
+    results = []
+    previous = RESULTS / "er_magellan.json"
+    if previous.exists():  # keep datasets not re-run this time
+        wanted = {TITLES[d] for d in args.datasets.split(",")}
+        results = [r for r in json.loads(previous.read_text())["results"] if r["dataset"] not in wanted]
+    for name in args.datasets.split(","):
+        proc = subprocess.run([sys.executable, __file__, "--one", name, "--epochs", str(args.epochs)],
+                              capture_output=True, text=True)
+        lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULTS ")]
+        if proc.returncode != 0 or not lines:
+            sys.stderr.write(proc.stderr[-3000:])
+            raise SystemExit(f"{name} failed")
+        rows = json.loads(lines[-1][8:])
+        results.extend(rows)
+        print(json.dumps(rows, indent=1), flush=True)
+    command = "python benchmarks/er_magellan.py --datasets " + args.datasets + f" --epochs {args.epochs}"
+    path = write_results("er_magellan", results, command)
+    (RESULTS / "er_magellan.md").write_text(markdown(results))
+    print(f"wrote {path}")
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()
