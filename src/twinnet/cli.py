@@ -173,22 +173,12 @@ def evaluate(
         twinnet evaluate models/abt-buy abt-buy --split test -o abt-buy-test.json
     """
     _setup(threads)
-    from twinnet.baselines import TfidfBaseline
-    from twinnet.evaluation import evaluate as run_evaluation
     from twinnet.io import write_json
 
     if output is not None and output.exists() and not overwrite:
         raise TwinnetError("output already exists; pass --overwrite to replace it", file=output)
     siamese = _load_model(model_path)
-    is_folder = data.lower() in _dataset_names() or Path(data).is_dir()
-    names = (split, "train", "valid") if is_folder and split not in ("train", "valid") else (split,)
-    splits = _load_splits(data, names, {})
-    pairs = splits[split]
-    tfidf = None
-    if baseline and "train" in splits and "valid" in splits:
-        tfidf = TfidfBaseline(siamese.serializer).fit(splits["train"], splits["valid"])
-    report = run_evaluation(siamese, pairs, threshold=threshold, fmr=fmr, baseline=tfidf,
-                            train=splits.get("train"), bootstrap=bootstrap)
+    report, pairs = _run_evaluation(siamese, data, split, threshold, fmr, baseline, bootstrap)
     _print_report(report)
     if output:
         write_json(output, report.to_dict())
@@ -199,6 +189,22 @@ def evaluate(
         siamese.card_.setdefault("evaluations", {})[pairs.name or split] = {
             k: v for k, v in report.metrics.items() if isinstance(v, (int, float))}
         write_card_files(siamese, model_path)
+
+
+def _run_evaluation(siamese, data: str, split: str, threshold, fmr, baseline: bool, bootstrap: int):
+    from twinnet.baselines import TfidfBaseline
+    from twinnet.evaluation import evaluate as run_evaluation
+
+    is_folder = data.lower() in _dataset_names() or Path(data).is_dir()
+    names = (split, "train", "valid") if is_folder and split not in ("train", "valid") else (split,)
+    splits = _load_splits(data, names, {})
+    pairs = splits[split]
+    tfidf = None
+    if baseline and "train" in splits and "valid" in splits:
+        tfidf = TfidfBaseline(siamese.serializer).fit(splits["train"], splits["valid"])
+    report = run_evaluation(siamese, pairs, threshold=threshold, fmr=fmr, baseline=tfidf,
+                            train=splits.get("train"), bootstrap=bootstrap)
+    return report, pairs
 
 
 def _dataset_names() -> set[str]:
@@ -229,6 +235,34 @@ def _print_report(report) -> None:
         out.print(f"{name} records ({sub['pairs']} pairs, {sub['positives']} same): F1 {sub['f1']:.4f}{extra}")
     if report.truncation.truncated:
         out.print(f"note: {report.truncation.message()}")
+
+
+@app.command()
+def report(
+    model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="Model folder.")],
+    data: Annotated[str, typer.Argument(help="Dataset name, DeepMatcher folder, or labelled pair file.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="HTML file to write.")],
+    split: Annotated[str, typer.Option(help="Split of a dataset/folder to evaluate.")] = "test",
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap rounds for 95% intervals (0 = off).")] = 1000,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+    threads: Threads = None,
+) -> None:
+    """Write one self-contained HTML report: ROC, precision-recall and DET curves, score histograms with the
+    threshold, a reliability diagram, the metrics table and the hardest errors side by side.
+
+    Example:
+
+        twinnet report models/abt-buy abt-buy -o abt-buy-report.html
+    """
+    _setup(threads)
+    from twinnet.report import write_report
+
+    if output.exists() and not overwrite:
+        raise TwinnetError("output already exists; pass --overwrite to replace it", file=output)
+    siamese = _load_model(model_path)
+    result, pairs = _run_evaluation(siamese, data, split, None, None, True, bootstrap)
+    write_report(output, result, pairs, siamese.serializer, title=f"twinnet: {model_path.name} on {pairs.name}")
+    console.print(f"wrote {output}")
 
 
 # ---------------------------------------------------------------------------------------------- verify
