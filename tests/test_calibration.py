@@ -112,3 +112,31 @@ def test_bootstrap_intervals_contain_point_estimate():
     ci = bootstrap_intervals(labels, scores, 0.6, rounds=300)
     for key in ("precision", "recall", "f1", "roc_auc"):
         assert ci[key][0] <= point[key] <= ci[key][1]
+
+
+def test_retrieval_metrics_hand_computed(tiny_model):
+    from twinnet import PairDataset
+    from twinnet.evaluation import retrieval_metrics
+
+    # queries "a" and "b"; gallery x (same as a), y (same as b), z. Identical texts rank first.
+    pairs = PairDataset(["apple pie", "blue car", "apple pie"], ["apple pie", "red boat", "zebra"],
+                        np.array([1, 1, 0]), left_ids=["a", "b", "a"], right_ids=["x", "y", "z"])
+    r = retrieval_metrics(tiny_model, pairs, ks=(1, 3))
+    assert r["queries"] == 2 and r["gallery"] == 3
+    assert r["recall_at_3"] == 1.0
+    # query a finds x first (identical text): rank 1; query b's partner y is at some rank in 1..3
+    sims = tiny_model.embed(["blue car"]) @ tiny_model.embed(["apple pie", "red boat", "zebra"]).T
+    rank_b = int((sims[0] > sims[0][1]).sum()) + 1
+    assert r["mrr"] == pytest.approx((1.0 + 1.0 / rank_b) / 2)
+    assert r["recall_at_1"] == pytest.approx((1 + (rank_b == 1)) / 2)
+    assert r["map_at_r"] == pytest.approx((1 + (rank_b == 1)) / 2)
+
+
+def test_auto_probability_map_picks_the_better_one():
+    rng = np.random.default_rng(4)
+    # a step-shaped truth suits isotonic; a logistic truth suits Platt
+    scores = rng.uniform(0, 1, 3000)
+    step = (rng.uniform(0, 1, 3000) < np.where(scores > 0.5, 0.95, 0.05)).astype(int)
+    assert Calibrator(probability="auto").fit(scores, step).probability_method_ == "isotonic"
+    logistic = (rng.uniform(0, 1, 3000) < 1 / (1 + np.exp(-8 * (scores - 0.5)))).astype(int)
+    assert Calibrator(probability="auto").fit(scores, logistic).probability_method_ == "platt"

@@ -14,7 +14,7 @@ from twinnet.errors import CalibrationError
 from twinnet.metrics import Sweep, sweep
 
 STRATEGIES = ("max_f1", "max_accuracy", "eer", "fmr", "recall", "cost")
-PROBABILITY_MAPS = ("isotonic", "platt", "none")
+PROBABILITY_MAPS = ("auto", "isotonic", "platt", "none")
 
 
 class Calibrator:
@@ -29,14 +29,15 @@ class Calibrator:
         + false non-matches).
     target: the false-match rate or recall for ``fmr`` / ``recall``.
     cost_ratio: cost of one false match relative to one false non-match, for ``cost``.
-    probability: ``isotonic`` (default), ``platt`` or ``none``.
+    probability: ``auto`` (default: isotonic or Platt, whichever has the lower cross-validated Brier score on
+        the validation pairs), ``isotonic``, ``platt`` or ``none``.
 
     When several cuts tie on the objective, the middle one of the tied cuts is taken; every cut
     sits at the midpoint between two neighbouring validation scores.
     """
 
     def __init__(self, strategy: str = "max_f1", *, target: float | None = None, cost_ratio: float = 1.0,
-                 probability: str = "isotonic") -> None:
+                 probability: str = "auto") -> None:
         self.strategy = strategy
         self.target = target
         self.cost_ratio = cost_ratio
@@ -99,17 +100,11 @@ class Calibrator:
         return int(ok.min())  # the highest threshold that still reaches the recall target
 
     def _fit_probability(self, scores: np.ndarray, labels: np.ndarray) -> None:
-        self.probability_params_: dict[str, Any] = {}
-        if self.probability == "isotonic":
-            from sklearn.isotonic import IsotonicRegression
-
-            iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(scores, labels)
-            self.probability_params_ = {"x": iso.X_thresholds_.tolist(), "y": iso.y_thresholds_.tolist()}
-        elif self.probability == "platt":
-            from sklearn.linear_model import LogisticRegression
-
-            lr = LogisticRegression(C=1e4).fit(scores.reshape(-1, 1), labels)
-            self.probability_params_ = {"a": float(lr.coef_[0, 0]), "b": float(lr.intercept_[0])}
+        method = self.probability
+        if method == "auto":
+            method = min(("isotonic", "platt"), key=lambda m: _cross_validated_brier(m, scores, labels))
+        self.probability_method_ = method
+        self.probability_params_ = _fit_map(method, scores, labels)
 
     # ------------------------------------------------------------------ use
     def predict(self, scores: np.ndarray, threshold: float | None = None) -> np.ndarray:
@@ -118,12 +113,8 @@ class Calibrator:
     def predict_proba(self, scores: np.ndarray) -> np.ndarray:
         """P(same) for each score; NaN where no probability map was fitted."""
         scores = np.asarray(scores, dtype=np.float64)
-        params = getattr(self, "probability_params_", {})
-        if self.probability == "isotonic" and params:
-            return np.interp(scores, params["x"], params["y"])
-        if self.probability == "platt" and params:
-            return 1.0 / (1.0 + np.exp(-(params["a"] * scores + params["b"])))
-        return np.full(scores.shape, np.nan)
+        return _apply_map(getattr(self, "probability_method_", "none"), getattr(self, "probability_params_", {}),
+                          scores)
 
     def threshold_for(self, *, fmr: float | None = None, recall: float | None = None) -> float:
         """A threshold for another operating point, from the stored validation score curve."""
@@ -140,7 +131,8 @@ class Calibrator:
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict[str, Any]:
         return {"strategy": self.strategy, "target": self.target, "cost_ratio": self.cost_ratio,
-                "probability": self.probability, "threshold": self.threshold_,
+                "probability": self.probability, "probability_method": self.probability_method_,
+                "threshold": self.threshold_,
                 "operating_point": self.operating_point_, "probability_params": self.probability_params_,
                 "validation_curve": getattr(self, "curve_", None)}
 
@@ -151,6 +143,7 @@ class Calibrator:
         cal.threshold_ = float(data["threshold"])
         cal.operating_point_ = data.get("operating_point", {})
         cal.probability_params_ = data.get("probability_params", {})
+        cal.probability_method_ = data.get("probability_method", cal.probability)
         if data.get("validation_curve"):
             cal.curve_ = data["validation_curve"]
         return cal
@@ -168,6 +161,42 @@ def fit_calibrator(scores: np.ndarray, labels: np.ndarray, **options: Any) -> Ca
     cal.curve_ = {"thresholds": s.thresholds.tolist(), "tp": s.tp.tolist(), "fp": s.fp.tolist(),
                   "positives": s.positives, "negatives": s.negatives}
     return cal
+
+
+def _fit_map(method: str, scores: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    if method == "isotonic":
+        from sklearn.isotonic import IsotonicRegression
+
+        iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(scores, labels)
+        return {"x": iso.X_thresholds_.tolist(), "y": iso.y_thresholds_.tolist()}
+    if method == "platt":
+        from sklearn.linear_model import LogisticRegression
+
+        lr = LogisticRegression(C=1e4).fit(scores.reshape(-1, 1), labels)
+        return {"a": float(lr.coef_[0, 0]), "b": float(lr.intercept_[0])}
+    return {}
+
+
+def _apply_map(method: str, params: dict[str, Any], scores: np.ndarray) -> np.ndarray:
+    if method == "isotonic" and params:
+        return np.interp(scores, params["x"], params["y"])
+    if method == "platt" and params:
+        return 1.0 / (1.0 + np.exp(-(params["a"] * scores + params["b"])))
+    return np.full(scores.shape, np.nan)
+
+
+def _cross_validated_brier(method: str, scores: np.ndarray, labels: np.ndarray, folds: int = 5) -> float:
+    """Brier score of a probability map fitted on 4/5 of the validation pairs and scored on the rest."""
+    from sklearn.model_selection import StratifiedKFold
+
+    n_folds = min(folds, int(labels.sum()), int(len(labels) - labels.sum()))
+    if n_folds < 2:
+        return 0.0 if method == "platt" else 1.0  # too few pairs to compare: Platt has fewer parameters
+    errors = []
+    for fit_idx, held_idx in StratifiedKFold(n_folds, shuffle=True, random_state=0).split(scores, labels):
+        params = _fit_map(method, scores[fit_idx], labels[fit_idx])
+        errors.append(np.mean((_apply_map(method, params, scores[held_idx]) - labels[held_idx]) ** 2))
+    return float(np.mean(errors))
 
 
 def _middle_of_best(objective: np.ndarray) -> int:

@@ -104,7 +104,10 @@ def train(
     calibration: Annotated[str, typer.Option(help="Threshold strategy: max_f1, max_accuracy, eer, fmr, recall, "
                                                   "cost.")] = "max_f1",
     target: Annotated[Optional[float], typer.Option(help="Target for the fmr/recall strategies.")] = None,
-    probability: Annotated[str, typer.Option(help="Probability map: isotonic, platt, none.")] = "isotonic",
+    probability: Annotated[str, typer.Option(help="Probability map: auto (isotonic or Platt, chosen on valid), "
+                                                  "isotonic, platt, none.")] = "auto",
+    cost_ratio: Annotated[float, typer.Option(help="For --calibration cost: cost of a false match relative to a "
+                                                 "false non-match.")] = 1.0,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
     log_file: Annotated[Optional[Path], typer.Option(help="Write one JSON line per epoch here.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing model folder.")] = False,
@@ -138,6 +141,7 @@ def train(
     siamese = SiameseModel.for_text(model, max_length=max_length, serializer=_serializer(attributes, style, max_chars))
     trainer = Trainer(siamese, loss=loss, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                       seed=seed, calibration=calibration, calibration_target=target, probability=probability,
+                      cost_ratio=cost_ratio,
                       log_file=log_file)
     trainer.fit(train_pairs, valid_pairs)
     card = siamese.card_["train"]
@@ -233,6 +237,10 @@ def _print_report(report) -> None:
     for name, sub in report.subsets.items():
         extra = f", TF-IDF F1 {sub['tfidf_f1']:.4f}" if "tfidf_f1" in sub else ""
         out.print(f"{name} records ({sub['pairs']} pairs, {sub['positives']} same): F1 {sub['f1']:.4f}{extra}")
+    if report.retrieval:
+        r = report.retrieval
+        out.print(f"retrieval ({r['queries']} queries over {r['gallery']} records): "
+                  + ", ".join(f"{k} {v:.4f}" for k, v in r.items() if k not in ("queries", "gallery")))
     if report.truncation.truncated:
         out.print(f"note: {report.truncation.message()}")
 
@@ -406,7 +414,7 @@ def audit(
             raise TwinnetError(f"--split needs NAME=FILE, got {item!r}")
         splits[name] = read_any(Path(file), split=name, **options)
     report = run_audit(splits)
-    out.print(format_report(report), highlight=False)
+    out.print(format_report(report), highlight=False, soft_wrap=True, markup=False)
     if output:
         write_json(output, report.to_dict())
     if strict and report.has_leakage_or_conflicts:

@@ -27,6 +27,7 @@ class EvaluationReport:
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
     subsets: dict[str, dict[str, Any]] = field(default_factory=dict)
     baseline: dict[str, Any] | None = None
+    retrieval: dict[str, float] | None = None
     truncation: Truncation = field(default_factory=Truncation)
     scores: np.ndarray | None = None
     probabilities: np.ndarray | None = None
@@ -34,7 +35,7 @@ class EvaluationReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "metrics": self.metrics, "intervals_95": self.intervals,
-                "subsets": self.subsets, "tfidf_baseline": self.baseline,
+                "subsets": self.subsets, "tfidf_baseline": self.baseline, "retrieval": self.retrieval,
                 "truncation": self.truncation.__dict__}
 
     def rows(self) -> list[tuple[str, str, str]]:
@@ -84,5 +85,49 @@ def evaluate(model: SiameseModel, pairs: PairDataset, *, threshold: float | None
             mask = ~unseen if name == "seen" else unseen
             sub["tfidf_f1"] = binary_metrics(pairs.labels[mask], base_scores[mask],
                                              baseline.calibration_.threshold_)["f1"]
-    return EvaluationReport(pairs.name, metrics, intervals, subsets, base, truncation, scores,
+    retrieval = retrieval_metrics(model, pairs, batch_size=batch_size)
+    return EvaluationReport(pairs.name, metrics, intervals, subsets, base, retrieval, truncation, scores,
                             probabilities if has_probability else None, pairs.labels)
+
+
+def retrieval_metrics(model: SiameseModel, pairs: PairDataset, *, ks: tuple[int, ...] = (1, 5, 10),
+                      batch_size: int = 128, chunk: int = 256) -> dict[str, float] | None:
+    """Search quality when the pairs define entities: each left record with at least one "same" partner
+    queries all distinct right records of ``pairs``. Recall@k (a true partner in the top k), MRR and MAP@R.
+
+    Similarities are computed one chunk of queries at a time, so memory stays bounded.
+    """
+    relevant: dict[str, set[str]] = {}
+    for lid, rid, y in zip(pairs.left_ids, pairs.right_ids, pairs.labels):
+        if y == 1:
+            relevant.setdefault(lid, set()).add(rid)
+    if not relevant:
+        return None
+    query_ids = sorted(relevant)
+    first_left = {lid: rec for lid, rec in zip(pairs.left_ids, pairs.left)}
+    first_right = {rid: rec for rid, rec in zip(pairs.right_ids, pairs.right)}
+    gallery_ids = sorted(first_right)
+    position = {rid: i for i, rid in enumerate(gallery_ids)}
+    q = model.embed([first_left[i] for i in query_ids], batch_size=batch_size)
+    g = model.embed([first_right[i] for i in gallery_ids], batch_size=batch_size)
+    hits = {k: 0 for k in ks}
+    reciprocal, average_precision = 0.0, 0.0
+    for start in range(0, len(query_ids), chunk):
+        sims = q[start: start + chunk] @ g.T
+        order = np.argsort(-sims, axis=1, kind="stable")
+        for row, qid in enumerate(query_ids[start: start + chunk]):
+            wanted = np.zeros(len(gallery_ids), dtype=bool)
+            wanted[[position[r] for r in relevant[qid]]] = True
+            ranked = wanted[order[row]]
+            first = int(np.argmax(ranked))
+            for k in ks:
+                hits[k] += bool(ranked[:k].any())
+            reciprocal += 1.0 / (first + 1)
+            r = int(wanted.sum())
+            top = ranked[:r]
+            precision_at = np.cumsum(top) / np.arange(1, r + 1)
+            average_precision += float((precision_at * top).sum() / r)
+    n = len(query_ids)
+    out = {f"recall_at_{k}": hits[k] / n for k in ks}
+    out.update({"mrr": reciprocal / n, "map_at_r": average_precision / n, "queries": n, "gallery": len(gallery_ids)})
+    return out

@@ -102,7 +102,8 @@ class Trainer:
     def __init__(self, model: SiameseModel, loss: str | TwinLoss = "online_contrastive+multiple_negatives", *,
                  epochs: int = 3, batch_size: int = 32, learning_rate: float = 5e-5, warmup_ratio: float = 0.1,
                  weight_decay: float = 0.01, max_grad_norm: float = 1.0, seed: int = 42,
-                 calibration: str = "max_f1", probability: str = "isotonic", calibration_target: float | None = None,
+                 calibration: str = "max_f1", probability: str = "auto", calibration_target: float | None = None,
+                 cost_ratio: float = 1.0,
                  select_best: bool = True, loss_params: dict[str, Any] | None = None, device: str | None = None,
                  log_file: str | Path | None = None, progress: bool = True, eval_batch_size: int = 128) -> None:
         self.model = model
@@ -117,6 +118,7 @@ class Trainer:
         self.calibration = calibration
         self.probability = probability
         self.calibration_target = calibration_target
+        self.cost_ratio = cost_ratio
         self.select_best = select_best
         self.loss_params = loss_params or {}
         self.device = device
@@ -211,7 +213,7 @@ class Trainer:
         if valid is not None:
             model.calibration_ = fit_calibrator(model.score_pairs(valid, batch_size=self.eval_batch_size), valid.labels,
                                                 strategy=self.calibration, probability=self.probability,
-                                                target=self.calibration_target)
+                                                target=self.calibration_target, cost_ratio=self.cost_ratio)
         model.card_ = {
             "train": {"name": train.name, **train.summary(), "truncated_records": truncated,
                       "distinct_texts": len(unique_texts)},

@@ -74,6 +74,7 @@ def audit(splits: Mapping[str, PairDataset], serializer: RecordSerializer | None
                     if not clean_text(texts[rec_id]):
                         report.empty_records.append({"split": split, "row": row, "side": side, "id": rec_id})
             key = (lid, rid) if lid <= rid else (rid, lid)
+            label = None if label is None else int(label)
             if key in seen_pair:
                 first_split, first_row, first_label = seen_pair[key]
                 where = {"pair": list(key), "first": {"split": first_split, "row": first_row, "label": first_label},
@@ -143,3 +144,4 @@ def format_report(report: AuditReport) -> str:
         for item in getattr(report, name)[:3]:
             lines.append(f"    e.g. {item}")
     return "\n".join(lines)
+
