@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from twinnet.calibration import fit_calibrator
-from twinnet.data.pairs import PairDataset
+from twinnet.data.pairs import PairDataset, UnionFind
 from twinnet.errors import TwinnetError
 from twinnet.losses import TwinLoss, build_loss
 from twinnet.metrics import best_f1
@@ -41,21 +41,12 @@ def set_seed(seed: int) -> None:
 
 def entity_labels(pairs: PairDataset) -> dict[str, int]:
     """Entity index per record id: connected components of the positive pairs (union-find)."""
-    parent: dict[str, str] = {}
-
-    def find(x: str) -> str:
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
+    groups = UnionFind()
     for lid, rid, label in zip(pairs.left_ids, pairs.right_ids, pairs.labels):
-        ra, rb = find(lid), find(rid)
-        if label == 1 and ra != rb:
-            parent[ra] = rb
+        if label == 1:
+            groups.union(lid, rid)
     roots: dict[str, int] = {}
-    return {rid: roots.setdefault(find(rid), len(roots)) for rid in sorted(pairs.record_ids())}
+    return {rid: roots.setdefault(groups.find(rid), len(roots)) for rid in sorted(pairs.record_ids())}
 
 
 def grouped_batches(pairs: PairDataset, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:

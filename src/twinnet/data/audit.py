@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from twinnet.data.pairs import PairDataset
+from twinnet.data.pairs import PairDataset, UnionFind
 from twinnet.data.records import RecordSerializer, clean_text
 
 _NON_ALNUM = re.compile(r"[^0-9a-z]+")
@@ -90,20 +90,11 @@ def audit(splits: Mapping[str, PairDataset], serializer: RecordSerializer | None
                 seen_pair[key] = (split, row, label)
 
     # transitivity: a pair labelled different whose records are joined by a chain of "same" labels
-    parent: dict[str, str] = {}
-
-    def find(x: str) -> str:
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
+    groups = UnionFind()
     for key, (_, _, label) in seen_pair.items():
         if label == 1:
-            ra, rb = find(key[0]), find(key[1])
-            if ra != rb:
-                parent[ra] = rb
+            groups.union(*key)
+    find = groups.find
     for key, (split, row, label) in seen_pair.items():
         if label == 0 and key not in reported_conflicts and find(key[0]) == find(key[1]):
             report.transitivity_conflicts.append({"pair": list(key), "split": split, "row": row,

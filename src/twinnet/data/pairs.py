@@ -11,6 +11,26 @@ import numpy as np
 from twinnet.data.records import Record, RecordSerializer, clean_text
 
 
+class UnionFind:
+    """Disjoint sets over hashable items; used to build entities from "same" labels."""
+
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+
+    def find(self, x: str) -> str:
+        parent = self.parent
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]  # path halving keeps chains short
+            x = parent[x]
+        return x
+
+    def union(self, a: str, b: str) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[ra] = rb
+
+
 def text_id(text: str, prefix: str = "t") -> str:
     """A stable id for a record known only by its text (Ditto files, plain pair files)."""
     return f"{prefix}:{hashlib.sha1(text.encode('utf-8')).hexdigest()[:16]}"
