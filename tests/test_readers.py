@@ -130,3 +130,15 @@ def test_serializer_options_round_trip():
     with pytest.raises(ValueError, match="style"):
         RecordSerializer(style="xml")
     assert np.array_equal(np.array([1]), np.array([1]))
+
+
+def test_split_codes_writes_product_codes_one_way():
+    from twinnet.data.records import split_codes
+
+    assert split_codes("KDL-40V5100") == split_codes("kdl40v5100".upper()) == "KDL 40 V 5100"
+    assert split_codes("vgnaw110j/h") == "vgnaw 110 jh"
+    # numbers keep their punctuation: decimals, fractions, ranges
+    assert split_codes("2.5 ghz 33-1/3 rpm 13.5") == "2.5 ghz 33-1/3 rpm 13.5"
+    s = RecordSerializer(attributes=["name"], split_codes=True)
+    assert s({"name": "Sony KDL-40V5100"}).lower() == s({"name": "sony kdl40v5100"}) == "sony kdl 40 v 5100"
+    assert RecordSerializer.from_dict(s.to_dict()).split_codes is True

@@ -8,6 +8,7 @@ a saved model's configuration, so a loaded model serialises new records exactly 
 from __future__ import annotations
 
 import math
+import re
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -16,6 +17,15 @@ from typing import Any, Union
 Record = Union[str, Mapping[str, Any]]
 
 STYLES = ("values", "colval")
+# a hyphen or slash inside a code (not between two digits: 33-1/3 and 2-1/2 are numbers)
+_CODE_JOINER = re.compile(r"(?<=[A-Za-z])[-/](?=[0-9A-Za-z])|(?<=[0-9])[-/](?=[A-Za-z])")
+_LETTER_DIGIT = re.compile(r"(?<=[A-Za-z])(?=[0-9])|(?<=[0-9])(?=[A-Za-z])")
+
+
+def split_codes(text: str) -> str:
+    """Write product codes one way: ``KDL-40V5100``, ``kdl40v5100`` and ``kdl 40v5100`` all become
+    ``kdl 40 v 5100``, so a subword tokenizer sees the same pieces whatever the source's spelling."""
+    return _LETTER_DIGIT.sub(" ", _CODE_JOINER.sub("", text))
 
 
 def is_missing(value: Any) -> bool:
@@ -58,24 +68,31 @@ class RecordSerializer:
     max_chars_per_attribute:
         Long free-text attributes (product descriptions) are cut to this many characters so that
         they cannot crowd the short, decisive ones out of the encoder's window. ``0`` = no limit.
+    split_codes:
+        Normalise product codes (see :func:`split_codes`): drop ``-`` and ``/`` inside codes and
+        split letters from digits. Helps product matching, where the code decides.
     """
 
     attributes: list[str] | None = None
     style: str = "values"
     max_chars_per_attribute: int = 0
     skip: list[str] = field(default_factory=lambda: ["id"])
+    split_codes: bool = False
 
     def __post_init__(self) -> None:
         if self.style not in STYLES:
             raise ValueError(f"serialisation style must be one of {STYLES}, got {self.style!r}")
 
     def __call__(self, record: Record) -> str:
-        if isinstance(record, str):
-            return clean_text(record)
-        if not isinstance(record, Mapping):
-            if is_missing(record):
-                raise ValueError("record is missing (None/NaN)")
-            return clean_text(record)
+        if isinstance(record, Mapping):
+            text = self._join(record)
+        elif is_missing(record):
+            raise ValueError("record is missing (None/NaN)")
+        else:
+            text = clean_text(record)
+        return " ".join(split_codes(text).split()) if self.split_codes else text
+
+    def _join(self, record: Mapping[str, Any]) -> str:
         names = self.attributes if self.attributes is not None else [k for k in record if k not in self.skip]
         parts = []
         for name in names:
@@ -102,7 +119,8 @@ class RecordSerializer:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RecordSerializer:
-        return cls(**{k: data[k] for k in ("attributes", "style", "max_chars_per_attribute", "skip") if k in data})
+        names = ("attributes", "style", "max_chars_per_attribute", "skip", "split_codes")
+        return cls(**{k: data[k] for k in names if k in data})
 
 
 def parse_colval(text: str) -> dict[str, str]:
