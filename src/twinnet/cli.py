@@ -66,12 +66,12 @@ def _load_splits(data: str, split_names: tuple[str, ...], options: dict) -> dict
     return {split_names[0]: read_any(path, **options)}
 
 
-def _serializer(attributes: str | None, style: str, max_chars: int):
+def _serializer(attributes: str | None, style: str, max_chars: int, split_codes: bool = False):
     from twinnet.data import RecordSerializer
 
     try:
         return RecordSerializer(attributes=[a.strip() for a in attributes.split(",")] if attributes else None,
-                                style=style, max_chars_per_attribute=max_chars)
+                                style=style, max_chars_per_attribute=max_chars, split_codes=split_codes)
     except ValueError as exc:
         raise TwinnetError(str(exc)) from None
 
@@ -101,6 +101,8 @@ def train(
                                                           "(default: all but id).")] = None,
     style: Annotated[str, typer.Option(help="Serialisation: `values` or `colval` (COL a VAL v).")] = "values",
     max_chars: Annotated[int, typer.Option(help="Cut each attribute to this many characters (0 = no cut).")] = 0,
+    split_codes: Annotated[bool, typer.Option(help="Write product codes one way (KDL-40V5100 -> kdl 40 v 5100).")]
+        = False,
     calibration: Annotated[str, typer.Option(help="Threshold strategy: max_f1, max_accuracy, eer, fmr, recall, "
                                                   "cost.")] = "max_f1",
     target: Annotated[Optional[float], typer.Option(help="Target for the fmr/recall strategies.")] = None,
@@ -138,7 +140,7 @@ def train(
     if valid_pairs is None:
         raise TwinnetError("a validation split is needed to fit the threshold: pass --valid FILE")
     console.print(f"train: {train_pairs.summary()}  valid: {valid_pairs.summary()}")
-    siamese = SiameseModel.for_text(model, max_length=max_length, serializer=_serializer(attributes, style, max_chars))
+    siamese = SiameseModel.for_text(model, max_length=max_length, serializer=_serializer(attributes, style, max_chars, split_codes))
     trainer = Trainer(siamese, loss=loss, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                       seed=seed, calibration=calibration, calibration_target=target, probability=probability,
                       cost_ratio=cost_ratio,
