@@ -140,3 +140,14 @@ def test_auto_probability_map_picks_the_better_one():
     assert Calibrator(probability="auto").fit(scores, step).probability_method_ == "isotonic"
     logistic = (rng.uniform(0, 1, 3000) < 1 / (1 + np.exp(-8 * (scores - 0.5)))).astype(int)
     assert Calibrator(probability="auto").fit(scores, logistic).probability_method_ == "platt"
+
+
+def test_extreme_targets_have_documented_fallbacks():
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
+    labels = np.array([1, 0, 1, 0, 0])
+    zero = Calibrator("fmr", target=0.0).fit(scores, labels)
+    assert zero.threshold_ > 0.8 and zero.operating_point_["fmr"] == 0.0  # above every different pair
+    full = Calibrator("recall", target=1.0).fit(scores, labels)
+    assert full.operating_point_["recall"] == 1.0 and 0.6 < full.threshold_ < 0.7
+    with pytest.raises(CalibrationError, match="between 0 and 1"):
+        Calibrator("fmr", target=1.5).fit(scores, labels)

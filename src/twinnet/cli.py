@@ -106,6 +106,9 @@ def train(
     calibration: Annotated[str, typer.Option(help="Threshold strategy: max_f1, max_accuracy, eer, fmr, recall, "
                                                   "cost.")] = "max_f1",
     target: Annotated[Optional[float], typer.Option(help="Target for the fmr/recall strategies.")] = None,
+    fmr: Annotated[Optional[float], typer.Option(help="Shortcut for --calibration fmr --target FMR: the lowest "
+                                                      "threshold whose validation false-match rate is at most FMR.")]
+        = None,
     probability: Annotated[str, typer.Option(help="Probability map: auto (isotonic or Platt, chosen on valid), "
                                                   "isotonic, platt, none.")] = "auto",
     cost_ratio: Annotated[float, typer.Option(help="For --calibration cost: cost of a false match relative to a "
@@ -130,6 +133,8 @@ def train(
 
     if output.exists() and not overwrite:
         raise TwinnetError("model folder already exists; pass --overwrite to replace it", file=output)
+    if fmr is not None:
+        calibration, target = "fmr", fmr
     splits = _load_splits(data, ("train", "valid"), {})
     train_pairs = splits["train"]
     valid_pairs = splits.get("valid")
@@ -281,7 +286,7 @@ def verify(
     model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="Model folder.")],
     left: Annotated[Optional[str], typer.Argument(help="First record text.")] = None,
     right: Annotated[Optional[str], typer.Argument(help="Second record text.")] = None,
-    pairs: Annotated[Optional[Path], typer.Option(help="Pair file (left/right or left_<attr>/right_<attr> "
+    pairs: Annotated[Optional[Path], typer.Option(help="Pair file (left/right or left_ATTR/right_ATTR "
                                                        "columns) to decide in bulk.")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write decisions here (.csv, .jsonl, "
                                                                           ".parquet); default: stdout as CSV.")] = None,
