@@ -28,7 +28,8 @@ from common import RESULTS, peak_rss_mb, write_results  # noqa: E402
 RECIPES = {
     "abt-buy": {"attributes": ["name"], "max_length": 48, "split_codes": True},
     "amazon-google": {"attributes": ["title", "manufacturer", "price"], "max_length": 48, "split_codes": True},
-    "dblp-acm": {"attributes": ["title", "authors", "venue", "year"], "max_length": 64, "split_codes": False},
+    "dblp-acm": {"attributes": ["title", "authors", "venue", "year"], "max_length": 64, "split_codes": False,
+                 "epochs": 3},
     "wdc-computers": {"attributes": ["title"], "max_length": 64, "split_codes": True},
 }
 TRAINING = {"loss": "online_contrastive+multiple_negatives", "epochs": 5, "batch_size": 32, "learning_rate": 1e-4,
@@ -43,12 +44,16 @@ TITLES = {"abt-buy": "Abt-Buy", "amazon-google": "Amazon-Google", "dblp-acm": "D
           "wdc-computers": "WDC-computers"}
 
 
-def run_one(name: str, epochs: int) -> list[dict]:
+def run_one(name: str, epochs: int, threads: int) -> list[dict]:
+    import torch
+
     from twinnet import SiameseModel, Trainer, datasets
     from twinnet.baselines import TfidfBaseline
     from twinnet.data import RecordSerializer
     from twinnet.evaluation import evaluate
 
+    if threads:
+        torch.set_num_threads(threads)
     recipe = RECIPES[name]
     train, valid, test = datasets.load_pairs(name)
     serializer = RecordSerializer(attributes=recipe["attributes"], split_codes=recipe["split_codes"])
@@ -61,7 +66,8 @@ def run_one(name: str, epochs: int) -> list[dict]:
                 "roc_auc": round(m["roc_auc"], 4), "threshold": round(m["threshold"], 6),
                 "best_possible_test_f1": round(100 * m.get("best_f1", float("nan")), 2),
                 "ece": round(m["ece"], 4) if "ece" in m else None,
-                "wall_s": round(wall, 1), "peak_rss_mb": round(peak_rss_mb(), 1), "settings": settings or {}}
+                "wall_s": round(wall, 1), "peak_rss_mb": round(peak_rss_mb(), 1), "threads": torch.get_num_threads(),
+                "settings": settings or {}}
 
     start = time.perf_counter()
     tfidf = TfidfBaseline(serializer).fit(train, valid)
@@ -111,18 +117,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", default=",".join(RECIPES))
     parser.add_argument("--epochs", type=int, default=0, help="override every recipe's epochs")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per dataset (default: all cores)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print("RESULTS " + json.dumps(run_one(args.one, args.epochs)), flush=True)
+        print("RESULTS " + json.dumps(run_one(args.one, args.epochs, args.threads)), flush=True)
         return
-    results = []
+    results, earlier_commands = [], []
     previous = RESULTS / "er_magellan.json"
     if previous.exists():  # keep datasets not re-run this time
         wanted = {TITLES[d] for d in args.datasets.split(",")}
-        results = [r for r in json.loads(previous.read_text())["results"] if r["dataset"] not in wanted]
+        old = json.loads(previous.read_text())
+        results = [r for r in old["results"] if r["dataset"] not in wanted]
+        if results:
+            earlier_commands = [c for c in old["command"].split(" ; ")
+                                if not any(d in c.split("--datasets ")[-1].split()[0].split(",")
+                                           for d in args.datasets.split(","))]
     for name in args.datasets.split(","):
-        proc = subprocess.run([sys.executable, __file__, "--one", name, "--epochs", str(args.epochs)],
+        proc = subprocess.run([sys.executable, __file__, "--one", name, "--epochs", str(args.epochs),
+                               "--threads", str(args.threads)],
                               stdout=subprocess.PIPE, text=True)
         lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULTS ")]
         if proc.returncode != 0 or not lines:
@@ -131,8 +144,8 @@ def main() -> None:
         results.extend(rows)
         print(json.dumps(rows, indent=1), flush=True)
     command = "python benchmarks/er_magellan.py --datasets " + args.datasets + (
-        f" --epochs {args.epochs}" if args.epochs else "")
-    path = write_results("er_magellan", results, command)
+        f" --epochs {args.epochs}" if args.epochs else "") + (f" --threads {args.threads}" if args.threads else "")
+    path = write_results("er_magellan", results, " ; ".join([*earlier_commands, command]))
     (RESULTS / "er_magellan.md").write_text(markdown(results))
     print(f"wrote {path}")
     print(markdown(results))

@@ -76,3 +76,16 @@ def test_single_class_validation_is_refused(tokenizer):
     model = SiameseModel(make_tiny_encoder(tokenizer))
     with pytest.raises(TwinnetError, match="only different"):
         Trainer(model, epochs=1, progress=False).fit(train, valid)
+
+
+def test_epoch_batches_add_positive_only_batches():
+    from twinnet.training import epoch_batches
+
+    pairs = synthetic_pairs(24)
+    batches = epoch_batches(pairs, 8, 6, np.random.default_rng(0))
+    grouped = epoch_batches(pairs, 8, 0, np.random.default_rng(0))
+    extra = len(batches) - len(grouped)
+    assert extra == 4  # 24 positives in batches of 6
+    counts = np.bincount(np.concatenate(batches), minlength=len(pairs))
+    assert (counts[pairs.labels == 1] == 2).all() and (counts[pairs.labels == 0] == 1).all()
+    assert sum(bool((pairs.labels[b] == 1).all()) and len(b) == 6 for b in batches) >= 4

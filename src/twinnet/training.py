@@ -66,6 +66,21 @@ def grouped_batches(pairs: PairDataset, batch_size: int, rng: np.random.Generato
         yield np.asarray(batch)
 
 
+def epoch_batches(pairs: PairDataset, batch_size: int, positive_batch_size: int,
+                  rng: np.random.Generator) -> list[np.ndarray]:
+    """One epoch's batches: the grouped batches, plus (when ``positive_batch_size`` > 0) batches of "same"
+    pairs only, where every other record of the batch is an in-batch negative. Shuffled together."""
+    batches = list(grouped_batches(pairs, batch_size, rng))
+    if positive_batch_size > 0:
+        positives = np.nonzero(pairs.labels == 1)[0]
+        positives = positives[rng.permutation(len(positives))]
+        batches += [positives[i: i + positive_batch_size] for i in range(0, len(positives), positive_batch_size)
+                    if len(positives[i: i + positive_batch_size]) > 1]
+        order = rng.permutation(len(batches))
+        batches = [batches[i] for i in order]
+    return batches
+
+
 @dataclass
 class EpochResult:
     epoch: int
@@ -88,6 +103,8 @@ class Trainer:
     seed: makes shuffling, dropout and initialisation repeatable.
     calibration, probability: the threshold strategy and probability map fitted on validation.
     select_best: keep the epoch (0 = before training) with the best validation F1.
+    positive_batch_size: when > 0, each epoch also trains on batches of this many "same" pairs only, so
+        in-batch-negative losses see many positives against many (easier) negatives.
     """
 
     def __init__(self, model: SiameseModel, loss: str | TwinLoss = "online_contrastive+multiple_negatives", *,
@@ -95,7 +112,7 @@ class Trainer:
                  weight_decay: float = 0.01, max_grad_norm: float = 1.0, seed: int = 42,
                  calibration: str = "max_f1", probability: str = "auto", calibration_target: float | None = None,
                  cost_ratio: float = 1.0,
-                 select_best: bool = True, loss_params: dict[str, Any] | None = None, device: str | None = None,
+                 select_best: bool = True, positive_batch_size: int = 0, loss_params: dict[str, Any] | None = None, device: str | None = None,
                  log_file: str | Path | None = None, progress: bool = True, eval_batch_size: int = 128) -> None:
         self.model = model
         self.loss = loss
@@ -111,6 +128,7 @@ class Trainer:
         self.calibration_target = calibration_target
         self.cost_ratio = cost_ratio
         self.select_best = select_best
+        self.positive_batch_size = positive_batch_size
         self.loss_params = loss_params or {}
         self.device = device
         self.log_file = log_file
@@ -139,7 +157,8 @@ class Trainer:
         left_rows = np.asarray([row_of[t] for t in texts_left])
         right_rows = np.asarray([row_of[t] for t in texts_right])
 
-        steps_per_epoch = sum(1 for _ in grouped_batches(train, self.batch_size, np.random.default_rng(0)))
+        steps_per_epoch = len(epoch_batches(train, self.batch_size, self.positive_batch_size,
+                                            np.random.default_rng(0)))
         total_steps = max(1, steps_per_epoch * self.epochs)
         optimizer = torch.optim.AdamW(model.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
         warmup = int(self.warmup_ratio * total_steps)
@@ -159,7 +178,7 @@ class Trainer:
             for epoch in range(1, self.epochs + 1):
                 model.train()
                 epoch_start, losses, pairs_seen, encoded = time.perf_counter(), [], 0, 0
-                for index in grouped_batches(train, self.batch_size, rng):
+                for index in epoch_batches(train, self.batch_size, self.positive_batch_size, rng):
                     rows = np.unique(np.r_[left_rows[index], right_rows[index]])
                     local = {r: i for i, r in enumerate(rows)}
                     features = {k: v.to(device) for k, v in model.encoder.collate([prepared[r] for r in rows]).items()}
@@ -222,7 +241,7 @@ class Trainer:
         return {"loss": loss, "loss_params": self.loss_params, "epochs": self.epochs, "batch_size": self.batch_size,
                 "learning_rate": self.learning_rate, "warmup_ratio": self.warmup_ratio,
                 "weight_decay": self.weight_decay, "seed": self.seed, "calibration": self.calibration,
-                "probability": self.probability, "max_length": getattr(self.model.encoder, "max_length", None)}
+                "probability": self.probability, "positive_batch_size": self.positive_batch_size, "max_length": getattr(self.model.encoder, "max_length", None)}
 
     # ------------------------------------------------------------------ helpers
     def _validate(self, train: PairDataset, valid: PairDataset | None) -> None:
