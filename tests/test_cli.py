@@ -60,7 +60,8 @@ def test_verify_cli_matches_python(trained):
     result = runner.invoke(app, ["verify", str(trained / "model"), "--pairs", str(trained / "test.csv"), "-o", str(out)])
     assert result.exit_code == 0, result.output
     rows = pd.read_json(out, lines=True)
-    assert list(rows.columns) == ["left_id", "right_id", "same", "score", "probability"] and len(rows) == 48
+    assert list(rows.columns) == ["row", "left_id", "right_id", "same", "score", "probability"] and len(rows) == 48
+    assert rows["row"].tolist()[:2] == [2, 3]  # file line numbers
     result = runner.invoke(app, ["verify", str(trained / "model"), "--pairs", str(trained / "test.csv"), "-o", str(out)])
     assert result.exit_code == 2 and "already exists" in result.output
 
@@ -119,3 +120,27 @@ def test_datasets_list_and_unknown(monkeypatch, tmp_path):
         registry.path("abt-buy")
     with pytest.raises(TwinnetError, match="unknown dataset"):
         registry.info("nope")
+
+
+def test_cli_refuses_bad_requests_before_work(trained, tiny_base_folder, tmp_path):
+    model = str(trained / "model")
+    result = runner.invoke(app, ["verify", model, "a", "b", "--pairs", str(trained / "test.csv")])
+    assert result.exit_code == 2 and "not both" in result.output
+    result = runner.invoke(app, ["verify", model, "a", "b", "--threshold", "2"])
+    assert result.exit_code == 2 and "between -1 and 1" in result.output
+    result = runner.invoke(app, ["embed", model, str(trained / "test.csv"), "-o", str(tmp_path / "e.npy")])
+    assert result.exit_code == 2 and "looks like a pair file" in result.output
+    result = runner.invoke(app, ["evaluate", model, "abt-by"])
+    assert result.exit_code == 2 and "known dataset name" in result.output and "abt-buy" in result.output
+    # a bad calibration setting is refused before any training happens
+    result = runner.invoke(app, ["train", str(trained / "train.csv"), "--valid", str(trained / "valid.csv"),
+                                 "-o", str(tmp_path / "m"), "--model", str(tiny_base_folder),
+                                 "--calibration", "fmr"])
+    assert result.exit_code == 2 and "needs a target" in result.output and "epoch" not in result.output
+
+
+def test_machine_readable_output_is_not_wrapped(trained, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "40")
+    result = runner.invoke(app, ["verify", str(trained / "model"), "a long record text " * 3, "another one " * 3])
+    assert result.exit_code == 0
+    assert len(result.output.strip().splitlines()) == 1 and json.loads(result.output)["threshold"]

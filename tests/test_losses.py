@@ -120,3 +120,19 @@ def test_build_loss_registry():
     assert isinstance(combined, SumLoss) and len(combined.parts) == 2
     with pytest.raises(TwinnetError, match="unknown loss 'nope'"):
         build_loss("nope")
+
+
+def test_loss_inputs_are_checked():
+    emb = torch.randn(2, 3)
+    loss = ContrastiveLoss()
+    with pytest.raises(TwinnetError, match="one class/entity id per embedding"):
+        loss(emb, torch.tensor([1]))
+    with pytest.raises(TwinnetError, match="must be integers"):
+        loss(emb, torch.tensor([0.5, 0.5]))
+    with pytest.raises(TwinnetError, match="outside the batch"):
+        loss(emb, None, (torch.tensor([0]), torch.tensor([5]), torch.tensor([], dtype=torch.long),
+                         torch.tensor([], dtype=torch.long)))
+    # a triplet tuple is read as one same pair and one different pair
+    value = loss(torch.tensor([[0.0, 0.0], [0.0, 0.0], [0.5, 0.0]]), None,
+                 (torch.tensor([0]), torch.tensor([1]), torch.tensor([2])))
+    assert value.item() == pytest.approx(1.0 - 0.25)

@@ -133,3 +133,23 @@ def test_records_are_serialised_by_the_model(tiny_model):
     np.testing.assert_allclose(as_record, as_text, atol=1e-6)
     odd = tiny_model.embed(["caf\u00e9 \ud800 \u200b\U0001F600"])  # lone surrogate, zero-width, emoji
     assert np.isfinite(odd).all()
+
+
+def test_pandas_missing_values_and_sides_are_named(tiny_model):
+    import pandas as pd
+
+    with pytest.raises(TwinnetError, match="item 1 is missing"):
+        tiny_model.embed(["hello", pd.NA])
+    with pytest.raises(TwinnetError, match="item 1 is missing"):
+        tiny_model.embed(pd.Series(["hello", None], dtype="string").tolist())
+    with pytest.raises(TwinnetError, match="right item 1 is missing"):
+        tiny_model.score(["hello", "x"], ["y", float("nan")])
+    with pytest.raises(TwinnetError, match="right record is missing"):
+        tiny_model.verify("hello", float("nan"), threshold=0.5)
+
+
+def test_unnormalised_model_folder_matches_sentence_transformers(tokenizer, tmp_path):
+    model = SiameseModel(make_tiny_encoder(tokenizer), normalize=False)
+    folder = model.save(tmp_path / "raw")
+    modules = json.loads((folder / "modules.json").read_text())
+    assert [m["path"] for m in modules] == ["", "1_Pooling"] and not (folder / "2_Normalize").exists()

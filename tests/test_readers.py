@@ -142,3 +142,10 @@ def test_split_codes_writes_product_codes_one_way():
     s = RecordSerializer(attributes=["name"], split_codes=True)
     assert s({"name": "Sony KDL-40V5100"}).lower() == s({"name": "sony kdl40v5100"}) == "sony kdl 40 v 5100"
     assert RecordSerializer.from_dict(s.to_dict()).split_codes is True
+
+
+def test_not_utf8_error_names_the_line(tmp_path):
+    path = tmp_path / "latin.csv"
+    path.write_bytes(b"left,right,label\nsony,tv,1\nlg,fridge,0\ncaf\xe9,x,1\n")
+    with pytest.raises(TwinnetError, match=r"latin.csv, row 4: is not valid UTF-8 \(byte 42"):
+        read_pairs(path)

@@ -46,7 +46,10 @@ class Calibrator:
     # ------------------------------------------------------------------ fitting
     def fit(self, scores: np.ndarray, labels: np.ndarray) -> Calibrator:
         scores = np.asarray(scores, dtype=np.float64)
-        labels = np.asarray(labels, dtype=np.int64)
+        raw = np.asarray(labels)
+        if raw.size and not np.isin(raw, [0, 1]).all():
+            raise CalibrationError("labels must be 0 or 1 (1 = same)")
+        labels = raw.astype(np.int64)
         self._check(scores, labels)
         s = sweep(scores, labels)
         index = self._choose(s)
@@ -59,11 +62,22 @@ class Calibrator:
         self._fit_probability(scores, labels)
         return self
 
-    def _check(self, scores: np.ndarray, labels: np.ndarray) -> None:
+    def check_params(self) -> Calibrator:
+        """Validate the settings alone, so a trainer can refuse bad ones before hours of training."""
         if self.strategy not in STRATEGIES:
             raise CalibrationError(f"unknown threshold strategy {self.strategy!r}; use one of {STRATEGIES}")
         if self.probability not in PROBABILITY_MAPS:
             raise CalibrationError(f"unknown probability map {self.probability!r}; use one of {PROBABILITY_MAPS}")
+        if self.strategy in ("fmr", "recall"):
+            if self.target is None or not 0 <= self.target <= 1:
+                raise CalibrationError(f"strategy {self.strategy!r} needs a target between 0 and 1, "
+                                       f"got {self.target!r}")
+        if self.strategy == "cost" and not self.cost_ratio > 0:
+            raise CalibrationError(f"cost_ratio must be positive, got {self.cost_ratio!r}")
+        return self
+
+    def _check(self, scores: np.ndarray, labels: np.ndarray) -> None:
+        self.check_params()
         if len(scores) != len(labels) or len(scores) == 0:
             raise CalibrationError(f"need equal, non-zero numbers of scores and labels "
                                    f"(got {len(scores)} and {len(labels)})")
@@ -71,7 +85,7 @@ class Calibrator:
             raise CalibrationError(f"{int((~np.isfinite(scores)).sum())} validation scores are NaN or infinite; "
                                    "the model produced non-finite similarities")
         if not set(np.unique(labels)) <= {0, 1}:
-            raise CalibrationError("labels must be 0 or 1")
+            raise CalibrationError("labels must be 0 or 1 (1 = same)")
         positives = int(labels.sum())
         if positives == 0 or positives == len(labels):
             only = "same (1)" if positives else "different (0)"
@@ -79,10 +93,6 @@ class Calibrator:
         if np.ptp(scores) == 0:
             raise CalibrationError("every validation score is identical, so no threshold separates anything; "
                                    "the model has collapsed or was not trained")
-        if self.strategy in ("fmr", "recall"):
-            if self.target is None or not 0 <= self.target <= 1:
-                raise CalibrationError(f"strategy {self.strategy!r} needs a target between 0 and 1, "
-                                       f"got {self.target!r}")
 
     def _choose(self, s: Sweep) -> int:
         if self.strategy == "max_f1":
@@ -179,7 +189,8 @@ def _fit_map(method: str, scores: np.ndarray, labels: np.ndarray) -> dict[str, A
 
 def _apply_map(method: str, params: dict[str, Any], scores: np.ndarray) -> np.ndarray:
     if method == "isotonic" and params:
-        return np.interp(scores, params["x"], params["y"])
+        # a finite validation set never proves certainty: keep probabilities off exactly 0 and 1
+        return np.clip(np.interp(scores, params["x"], params["y"]), 1e-3, 1 - 1e-3)
     if method == "platt" and params:
         return 1.0 / (1.0 + np.exp(-(params["a"] * scores + params["b"])))
     return np.full(scores.shape, np.nan)

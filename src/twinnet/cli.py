@@ -15,8 +15,8 @@ from rich.table import Table
 
 from twinnet.errors import TwinnetError
 
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 
 
@@ -63,6 +63,9 @@ def _load_splits(data: str, split_names: tuple[str, ...], options: dict) -> dict
     path = Path(data)
     if path.is_dir():
         return read_deepmatcher_splits(path, split_names, **options)
+    if not path.exists():
+        raise TwinnetError(f"{data!r} is neither an existing file or folder nor a known dataset name "
+                           f"({', '.join(registry.DATASETS)}; see `twinnet datasets list`)")
     return {split_names[0]: read_any(path, **options)}
 
 
@@ -117,7 +120,7 @@ def train(
     log_file: Annotated[Optional[Path], typer.Option(help="Write one JSON line per epoch here.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing model folder.")] = False,
     threads: Threads = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each epoch's numbers.")] = False,
 ) -> None:
     """Train a Siamese text matcher; the threshold and probability map are fitted on validation.
 
@@ -144,7 +147,9 @@ def train(
         valid_pairs = read_any(valid, split="valid")
     if valid_pairs is None:
         raise TwinnetError("a validation split is needed to fit the threshold: pass --valid FILE")
-    console.print(f"train: {train_pairs.summary()}  valid: {valid_pairs.summary()}")
+    for label, split in (("train", train_pairs), ("valid", valid_pairs)):
+        info = split.summary()
+        console.print(f"{label}: {info['pairs']} pairs ({info['positives']} same) over {info['records']} records")
     siamese = SiameseModel.for_text(model, max_length=max_length, serializer=_serializer(attributes, style, max_chars, split_codes))
     trainer = Trainer(siamese, loss=loss, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                       seed=seed, calibration=calibration, calibration_target=target, probability=probability,
@@ -152,9 +157,9 @@ def train(
                       log_file=log_file)
     trainer.fit(train_pairs, valid_pairs)
     card = siamese.card_["train"]
-    if card["truncated_records"]:
-        console.print(f"[yellow]note[/]: {card['truncated_records']} of {card['distinct_texts']} training records "
-                      f"were longer than {max_length} tokens and were truncated")
+    if card["truncated_texts"]:
+        console.print(f"[yellow]note[/]: {card['truncated_texts']} of {card['distinct_texts']} distinct training "
+                      f"record texts were longer than {max_length} tokens and were truncated")
     siamese.save(output)
     op = siamese.calibration_.operating_point_
     console.print(f"saved {output}  (selected epoch {siamese.card_['selected_epoch']}, threshold "
@@ -288,8 +293,10 @@ def verify(
     right: Annotated[Optional[str], typer.Argument(help="Second record text.")] = None,
     pairs: Annotated[Optional[Path], typer.Option(help="Pair file (left/right or left_ATTR/right_ATTR "
                                                        "columns) to decide in bulk.")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write decisions here (.csv, .jsonl, "
-                                                                          ".parquet); default: stdout as CSV.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="With --pairs: write decisions here "
+                                                                          "(.csv, .jsonl, .parquet); default: stdout "
+                                                                          "as CSV. Two texts print one JSON line.")]
+        = None,
     threshold: Annotated[Optional[float], typer.Option(help="Override the stored threshold.")] = None,
     fmr: Annotated[Optional[float], typer.Option(help="Decide at this validation false-match rate instead.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
@@ -309,19 +316,25 @@ def verify(
     from twinnet.data import read_pairs
     from twinnet.io import write_table
 
+    if threshold is not None and not -1.0 <= threshold <= 1.0:
+        raise TwinnetError(f"--threshold must be a cosine score between -1 and 1, got {threshold}")
+    if pairs is not None and (left is not None or right is not None):
+        raise TwinnetError("give either two record texts or --pairs FILE, not both")
     siamese = _load_model(model_path)
     if pairs is None:
         if left is None or right is None:
             raise TwinnetError("give two record texts, or --pairs FILE")
         d = siamese.verify(left, right, threshold=threshold, fmr=fmr)
-        out.print(json.dumps({"same": d.same, "score": round(d.score, 6), "probability": round(d.probability, 6),
-                              "threshold": siamese.decision_threshold(threshold, fmr=fmr)}))
+        if siamese.last_truncation.truncated:
+            console.print(f"note: {siamese.last_truncation.message()}")
+        typer.echo(json.dumps({"same": d.same, "score": round(d.score, 6), "probability": round(d.probability, 6),
+                               "threshold": siamese.decision_threshold(threshold, fmr=fmr)}))
         return
     if output is not None and output.exists() and not overwrite:
         raise TwinnetError("output already exists; pass --overwrite to replace it", file=output)
     data = read_pairs(pairs)
     decisions = siamese.verify(data.left, data.right, threshold=threshold, fmr=fmr)
-    frame = pd.DataFrame({"left_id": data.left_ids, "right_id": data.right_ids,
+    frame = pd.DataFrame({"row": range(2, len(data) + 2), "left_id": data.left_ids, "right_id": data.right_ids,
                           "same": [int(d.same) for d in decisions], "score": [d.score for d in decisions],
                           "probability": [d.probability for d in decisions]})
     if siamese.last_truncation.truncated:
@@ -364,6 +377,9 @@ def embed(
         raise TwinnetError("output already exists; pass --overwrite to replace it", file=output)
     siamese = _load_model(model_path)
     frame = read_table(records)
+    if {"left", "right"} <= set(frame.columns) or any(str(c).startswith(("left_", "right_")) for c in frame.columns):
+        raise TwinnetError("this looks like a pair file (left/right columns); embed takes one record per row "
+                           "(a `text` column, or attribute columns)", file=records)
     ids = frame["id"].astype(str).tolist() if "id" in frame.columns else [str(i) for i in range(len(frame))]
     if "text" in frame.columns:
         items = frame["text"].tolist()
@@ -447,7 +463,7 @@ def datasets_list() -> None:
         where = registry.locate(info.name)
         table.add_row(info.name, info.title, info.task,
                       str(where) if where else ("missing: `twinnet datasets fetch " + info.name + "`"
-                                                if info.fetchable else "missing"))
+                                                if info.fetchable else "missing: place it under TWINNET_DATA_DIR"))
     out.print(table)
 
 
@@ -462,7 +478,7 @@ def datasets_fetch(name: Annotated[str, typer.Argument(help="Dataset name.")]) -
     from twinnet.data import registry
 
     folder = registry.fetch(name, progress=lambda f: console.print(f"verified {f}"))
-    out.print(str(folder))
+    typer.echo(str(folder))
 
 
 @datasets_app.command("path")
@@ -475,7 +491,7 @@ def datasets_path(name: Annotated[str, typer.Argument(help="Dataset name.")]) ->
     """
     from twinnet.data import registry
 
-    out.print(str(registry.path(name)))
+    typer.echo(str(registry.path(name)))
 
 
 def main() -> None:

@@ -78,6 +78,18 @@ def write_table(frame: pd.DataFrame, path: str | os.PathLike[str], *, overwrite:
             frame.to_parquet(tmp, index=False)
 
 
+def not_utf8(path: Path) -> TwinnetError:
+    """The error for a file that is not UTF-8, naming the line of the first bad byte."""
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+        start = 0
+    except UnicodeDecodeError as exc:
+        start = exc.start
+    return TwinnetError(f"is not valid UTF-8 (byte {start}: {raw[start:start + 1]!r}); re-encode it as UTF-8",
+                        file=path, row=raw[:start].count(b"\n") + 1)
+
+
 def read_table(path: str | os.PathLike[str], **csv_options: Any) -> pd.DataFrame:
     """Read CSV, TSV, JSONL or Parquet into a DataFrame of strings, with errors that name the file."""
     path = Path(path)
@@ -94,9 +106,8 @@ def read_table(path: str | os.PathLike[str], **csv_options: Any) -> pd.DataFrame
         if kind == "jsonl":
             return pd.read_json(path, lines=True, dtype=False, encoding="utf-8")
         return pd.read_parquet(path)
-    except UnicodeDecodeError as exc:
-        raise TwinnetError(f"is not valid UTF-8 (byte offset {exc.start}); re-encode it as UTF-8",
-                           file=path) from None
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
     except pd.errors.EmptyDataError:
         raise TwinnetError("file is empty", file=path) from None
     except (pd.errors.ParserError, ValueError) as exc:

@@ -6,7 +6,8 @@ label of each row (``labels``; two rows of the same entity share it, so they are
 apart) and the labelled pairs among them as ``indices_tuple = (a1, p, a2, n)``: positive pairs
 ``(a1[i], p[i])`` and negative pairs ``(a2[j], n[j])``.
 
-Label convention: 1 = same, 0 = different. After a call, ``loss.last_stats`` says how many pairs,
+``labels`` are class/entity ids (equal id = same entity), as in pytorch-metric-learning; 0/1 "same"
+labels of pairs are expressed by which tuple a pair is in (positive = same). After a call, ``loss.last_stats`` says how many pairs,
 triplets or anchors actually contributed, so an empty batch is visible rather than silently zero.
 """
 
@@ -38,6 +39,20 @@ class TwinLoss(nn.Module):
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None,
                 indices_tuple: IndicesTuple | None = None) -> torch.Tensor:
+        if embeddings.dim() != 2:
+            raise TwinnetError(f"embeddings must be a 2-D batch, got shape {tuple(embeddings.shape)}")
+        if labels is not None:
+            if labels.dim() != 1 or len(labels) != len(embeddings):
+                raise TwinnetError(f"labels must hold one class/entity id per embedding: got {tuple(labels.shape)} "
+                                   f"for {len(embeddings)} embeddings")
+            if labels.is_floating_point():
+                raise TwinnetError("labels are class/entity ids and must be integers")
+        if indices_tuple is not None:
+            if len(indices_tuple) not in (3, 4):
+                raise TwinnetError("indices_tuple must be (anchor, positive, negative) or (a1, p, a2, n)")
+            for part in indices_tuple:
+                if len(part) and (part.min() < 0 or part.max() >= len(embeddings)):
+                    raise TwinnetError("indices_tuple points outside the batch of embeddings")
         if self.needs_pairs and indices_tuple is None and labels is None:
             raise TwinnetError(f"{type(self).__name__} needs labelled pairs or class labels")
         if self.needs_labels and labels is None:
@@ -55,7 +70,7 @@ class TwinLoss(nn.Module):
 
 def _pairs(labels: torch.Tensor | None, indices_tuple: IndicesTuple | None) -> IndicesTuple:
     if indices_tuple is not None:
-        return indices_tuple
+        return lmu.convert_to_pairs(indices_tuple, labels)  # triplets (a, p, n) become pairs (a, p, a, n)
     return lmu.get_all_pairs_indices(labels)
 
 

@@ -90,20 +90,19 @@ class SiameseModel(nn.Module):
             embeddings = nn.functional.normalize(embeddings, p=2, dim=-1)
         return embeddings
 
-    def to_inputs(self, records: Sequence[Record]) -> list[Any]:
+    def to_inputs(self, records: Sequence[Record], *, what: str = "item") -> list[Any]:
         """Serialise records to the encoder's inputs, rejecting missing ones by index."""
         inputs = []
         for i, record in enumerate(records):
             if not isinstance(record, (str, dict)) and is_missing(record):
-                raise TwinnetError(f"item {i} is missing (None/NaN); every item needs a value")
+                raise TwinnetError(f"{what} {i} is missing (None/NaN); every item needs a value")
             try:
                 inputs.append(self.serializer(record) if self.encoder.modality == "text" else record)
             except ValueError as exc:
-                raise TwinnetError(f"item {i}: {exc}") from None
+                raise TwinnetError(f"{what} {i}: {exc}") from None
         return inputs
 
     # ------------------------------------------------------------------ inference
-    @torch.inference_mode()
     def embed(self, records: Sequence[Record], *, batch_size: int = 64, normalize: bool | None = None,
               progress: Any = None) -> np.ndarray:
         """Embeddings of ``records`` as a float32 array (one row each, in order).
@@ -114,6 +113,11 @@ class SiameseModel(nn.Module):
         if isinstance(records, (str, dict)):
             raise TwinnetError("embed() takes a list of records; wrap a single one in a list")
         inputs = self.to_inputs(records)
+        return self._embed_inputs(inputs, batch_size=batch_size, normalize=normalize, progress=progress)
+
+    @torch.inference_mode()
+    def _embed_inputs(self, inputs: list[Any], *, batch_size: int, normalize: bool | None = None,
+                      progress: Any = None) -> np.ndarray:
         if not inputs:
             return np.zeros((0, self.encoder.embedding_dim), dtype=np.float32)
         unique, inverse = _unique(inputs)
@@ -143,13 +147,14 @@ class SiameseModel(nn.Module):
         cut = [c for c in cuts if c > 0]
         self.last_truncation = Truncation(len(cuts), len(cut), int(sum(cut)), int(max(cut, default=0)))
         if cut:
-            log.info(self.last_truncation.message())
+            log.warning(self.last_truncation.message())
 
     def score(self, left: Sequence[Record], right: Sequence[Record], *, batch_size: int = 64) -> np.ndarray:
         """Cosine similarity of each (left[i], right[i]) pair; every distinct record is embedded once."""
         if len(left) != len(right):
             raise TwinnetError(f"left has {len(left)} records but right has {len(right)}")
-        emb = self.embed(list(left) + list(right), batch_size=batch_size)
+        inputs = self.to_inputs(list(left), what="left item") + self.to_inputs(list(right), what="right item")
+        emb = self._embed_inputs(inputs, batch_size=batch_size)
         a, b = emb[: len(left)], emb[len(left):]
         if not self.normalize:
             a = a / np.clip(np.linalg.norm(a, axis=1, keepdims=True), 1e-12, None)
@@ -173,8 +178,11 @@ class SiameseModel(nn.Module):
     def verify(self, left: Record | Sequence[Record], right: Record | Sequence[Record], *,
                threshold: float | None = None, fmr: float | None = None) -> Decision | list[Decision]:
         """Decide whether records are the same: one pair gives a :class:`Decision`, lists give a list."""
-        single = isinstance(left, (str, dict))
-        if single != isinstance(right, (str, dict)):
+        single = isinstance(left, (str, dict)) or isinstance(right, (str, dict))
+        for name, value in (("left", left), ("right", right)):
+            if not isinstance(value, (str, dict, list, tuple)) and is_missing(value):
+                raise TwinnetError(f"{name} record is missing (None/NaN)")
+        if single and not (isinstance(left, (str, dict)) and isinstance(right, (str, dict))):
             raise TwinnetError("verify() takes two records, or two equally long lists of records")
         lefts, rights = ([left], [right]) if single else (list(left), list(right))
         scores = self.score(lefts, rights)
@@ -221,6 +229,7 @@ class SiameseModel(nn.Module):
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
             self.encoder.save(staging)
+            _match_sentence_transformers_normalization(staging, self.normalize)
             config_file = staging / "config.json"
             config = json.loads(config_file.read_text()) if config_file.exists() else {}
             config["twinnet"] = self.config()
@@ -267,6 +276,17 @@ class SiameseModel(nn.Module):
         if device:
             model.to(device)
         return model
+
+
+def _match_sentence_transformers_normalization(folder: Path, normalize: bool) -> None:
+    """Drop the Normalize module from a sentence-transformers layout when the model does not normalise,
+    so both libraries embed the folder identically."""
+    modules_file = folder / "modules.json"
+    if normalize or not modules_file.exists():
+        return
+    modules = [m for m in json.loads(modules_file.read_text()) if not m["type"].endswith(".Normalize")]
+    modules_file.write_text(json.dumps(modules, indent=2))
+    shutil.rmtree(folder / "2_Normalize", ignore_errors=True)
 
 
 def _unique(items: Sequence[Any]) -> tuple[list[Any], np.ndarray]:

@@ -225,7 +225,7 @@ class Trainer:
                                                 strategy=self.calibration, probability=self.probability,
                                                 target=self.calibration_target, cost_ratio=self.cost_ratio)
         model.card_ = {
-            "train": {"name": train.name, **train.summary(), "truncated_records": truncated,
+            "train": {"name": train.name, **train.summary(), "truncated_texts": truncated,
                       "distinct_texts": len(unique_texts)},
             "valid": {"name": valid.name, **valid.summary()} if valid is not None else None,
             "settings": self.settings(),
@@ -249,6 +249,11 @@ class Trainer:
             raise TwinnetError("training needs labelled pairs (a 'label' column of 0/1)", file=train.name or None)
         if self.epochs < 0 or self.batch_size < 2:
             raise TwinnetError("epochs must be >= 0 and batch_size >= 2")
+        from twinnet.calibration import Calibrator
+
+        Calibrator(self.calibration, target=self.calibration_target, cost_ratio=self.cost_ratio,
+                   probability=self.probability).check_params()
+        build_loss(self.loss, **self.loss_params)
         if valid is not None:
             if not valid.has_labels:
                 raise TwinnetError("validation pairs need labels", file=valid.name or None)

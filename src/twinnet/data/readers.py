@@ -18,7 +18,7 @@ import pandas as pd
 from twinnet.data.pairs import PairDataset, text_id
 from twinnet.data.records import clean_text, is_missing, parse_colval
 from twinnet.errors import TwinnetError
-from twinnet.io import read_table
+from twinnet.io import not_utf8, read_table
 
 SPLITS = ("train", "valid", "test")
 _TRUE = {"1", "1.0", "true", "yes"}
@@ -123,8 +123,8 @@ def read_ditto(path: str | os.PathLike[str], *, allow_empty_records: bool = Fals
         raise TwinnetError("file not found", file=path)
     try:
         lines = path.read_bytes().decode("utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise TwinnetError(f"is not valid UTF-8 (byte offset {exc.start}); re-encode it as UTF-8", file=path) from None
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
     left, right, labels = [], [], []
     labelled: bool | None = None
     for row, line in enumerate(lines, start=1):

@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Union
 
+import pandas as pd
+
 Record = Union[str, Mapping[str, Any]]
 
 STYLES = ("values", "colval")
@@ -29,8 +31,8 @@ def split_codes(text: str) -> str:
 
 
 def is_missing(value: Any) -> bool:
-    """True for None, float NaN and pandas' missing markers."""
-    if value is None:
+    """True for None, float NaN and pandas' missing markers (``pd.NA``, ``pd.NaT``)."""
+    if value is None or value is pd.NA or value is pd.NaT:
         return True
     if isinstance(value, float) and math.isnan(value):
         return True
