@@ -26,7 +26,7 @@ from common import RESULTS, peak_rss_mb, write_results  # noqa: E402
 # The recipe per dataset: which attributes are serialised, and how long inputs may be.
 # Product data gets split_codes (one spelling for model numbers); citations do not need it.
 RECIPES = {
-    "abt-buy": {"attributes": ["name"], "max_length": 48, "split_codes": True},
+    "abt-buy": {"attributes": ["name", "price"], "max_length": 48, "split_codes": True},
     "amazon-google": {"attributes": ["title", "manufacturer", "price"], "max_length": 48, "split_codes": True},
     "dblp-acm": {"attributes": ["title", "authors", "venue", "year"], "max_length": 64, "split_codes": False,
                  "epochs": 3},
@@ -119,9 +119,21 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=0, help="override every recipe's epochs")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per dataset (default: all cores)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--collect", nargs="*", help="write the results file from saved `--one` outputs")
     args = parser.parse_args()
     if args.one:
         print("RESULTS " + json.dumps(run_one(args.one, args.epochs, args.threads)), flush=True)
+        return
+    if args.collect is not None:  # datasets run as separate `--one` processes (e.g. two at a time)
+        results = [row for file in args.collect for line in Path(file).read_text().splitlines()
+                   if line.startswith("RESULTS ") for row in json.loads(line[8:])]
+        done = sorted({next(k for k, v in TITLES.items() if v == r["dataset"]) for r in results})
+        command = (f"python benchmarks/er_magellan.py --one DATASET --threads {args.threads or 'all'} "
+                   f"(one process per dataset: {', '.join(done)}) then --collect")
+        path = write_results("er_magellan", results, command)
+        (RESULTS / "er_magellan.md").write_text(markdown(results))
+        print(f"wrote {path}")
+        print(markdown(results))
         return
     results, earlier_commands = [], []
     previous = RESULTS / "er_magellan.json"
