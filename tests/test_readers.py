@@ -129,7 +129,6 @@ def test_serializer_options_round_trip():
     assert RecordSerializer.from_dict(json.loads(json.dumps(s.to_dict()))) == s
     with pytest.raises(ValueError, match="style"):
         RecordSerializer(style="xml")
-    assert np.array_equal(np.array([1]), np.array([1]))
 
 
 def test_split_codes_writes_product_codes_one_way():

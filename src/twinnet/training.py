@@ -16,7 +16,6 @@ import math
 import random
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -79,15 +78,6 @@ def epoch_batches(pairs: PairDataset, batch_size: int, positive_batch_size: int,
         order = rng.permutation(len(batches))
         batches = [batches[i] for i in order]
     return batches
-
-
-@dataclass
-class EpochResult:
-    epoch: int
-    train_loss: float
-    valid_best_f1: float | None
-    pairs_per_s: float
-    seconds: float
 
 
 class Trainer:
