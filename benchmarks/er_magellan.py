@@ -51,6 +51,7 @@ def run_one(name: str, epochs: int, threads: int, positive_batch: int = 0) -> li
     from twinnet.baselines import TfidfBaseline
     from twinnet.data import RecordSerializer
     from twinnet.evaluation import evaluate
+    from twinnet.metrics import binary_metrics
 
     if threads:
         torch.set_num_threads(threads)
@@ -59,8 +60,7 @@ def run_one(name: str, epochs: int, threads: int, positive_batch: int = 0) -> li
     serializer = RecordSerializer(attributes=recipe["attributes"], split_codes=recipe["split_codes"])
     rows = []
 
-    def row(method, report, wall, settings=None):
-        m = report.metrics
+    def row(method, m, wall, settings=None):
         return {"dataset": TITLES[name], "method": method, "metric": "f1", "value": round(100 * m["f1"], 2),
                 "precision": round(100 * m["precision"], 2), "recall": round(100 * m["recall"], 2),
                 "roc_auc": round(m["roc_auc"], 4), "threshold": round(m["threshold"], 6),
@@ -71,17 +71,14 @@ def run_one(name: str, epochs: int, threads: int, positive_batch: int = 0) -> li
 
     start = time.perf_counter()
     tfidf = TfidfBaseline(serializer).fit(train, valid)
-    from twinnet.metrics import binary_metrics
-
-    class _Report:  # the baseline has no model; reuse the metrics table shape
-        metrics = binary_metrics(test.labels, tfidf.score_pairs(test), tfidf.calibration_.threshold_)
-    rows.append(row("tfidf", _Report, time.perf_counter() - start, {"ngram_range": [2, 5], "analyzer": "char_wb"}))
+    tfidf_metrics = binary_metrics(test.labels, tfidf.score_pairs(test), tfidf.calibration_.threshold_)
+    rows.append(row("tfidf", tfidf_metrics, time.perf_counter() - start, {"ngram_range": [2, 5], "analyzer": "char_wb"}))
 
     start = time.perf_counter()
     pretrained = SiameseModel.for_text(max_length=recipe["max_length"], serializer=serializer)
     pretrained.calibrate(valid)
     report = evaluate(pretrained, test, bootstrap=0)
-    rows.append(row("pretrained", report, time.perf_counter() - start, {"model": "all-MiniLM-L6-v2", **recipe}))
+    rows.append(row("pretrained", report.metrics, time.perf_counter() - start, {"model": "all-MiniLM-L6-v2", **recipe}))
 
     start = time.perf_counter()
     model = SiameseModel.for_text(max_length=recipe["max_length"], serializer=serializer)
@@ -90,7 +87,7 @@ def run_one(name: str, epochs: int, threads: int, positive_batch: int = 0) -> li
     Trainer(model, progress=False, **settings).fit(train, valid)
     wall = time.perf_counter() - start
     report = evaluate(model, test, bootstrap=0, train=train)
-    result = row("twinnet", report, wall, {**settings, **recipe, "selected_epoch": model.card_["selected_epoch"],
+    result = row("twinnet", report.metrics, wall, {**settings, **recipe, "selected_epoch": model.card_["selected_epoch"],
                                            "valid_f1": round(100 * model.calibration_.operating_point_["f1"], 2)})
     result["unseen_f1"] = round(100 * report.subsets["unseen"]["f1"], 2) if "unseen" in report.subsets else None
     result["train_pairs_per_s"] = round(sum(h.get("pairs", 0) for h in model.card_["history"]) /
