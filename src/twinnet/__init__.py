@@ -6,21 +6,22 @@ from twinnet.calibration import Calibrator  # noqa: E402
 from twinnet.data import PairDataset, RecordSerializer  # noqa: E402
 from twinnet.data import registry as datasets  # noqa: E402
 from twinnet.errors import TwinnetError  # noqa: E402
-from twinnet.model import Decision, SiameseModel  # noqa: E402
+from twinnet.scoring import Decision  # noqa: E402
+
+# PyTorch and the pipelines load on first use, so that the ONNX runtime (twinnet.runtime) works
+# where PyTorch is not installed.
+_LAZY = {"SiameseModel": "twinnet.model", "Trainer": "twinnet.training", "evaluate": "twinnet.evaluation",
+         "EvaluationReport": "twinnet.evaluation", "OnnxSiameseModel": "twinnet.runtime",
+         "export_onnx": "twinnet.export"}
 
 
 def __getattr__(name: str):
-    # The pipelines pull in more (scikit-learn text features, Rich); import them on first use.
-    if name == "Trainer":
-        from twinnet.training import Trainer
+    if name in _LAZY:
+        import importlib
 
-        return Trainer
-    if name in ("evaluate", "EvaluationReport"):
-        from twinnet import evaluation
-
-        return getattr(evaluation, name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(name)
 
 
-__all__ = ["Calibrator", "Decision", "EvaluationReport", "PairDataset", "RecordSerializer", "SiameseModel",
-           "Trainer", "TwinnetError", "__version__", "datasets", "evaluate"]
+__all__ = ["Calibrator", "Decision", "EvaluationReport", "OnnxSiameseModel", "PairDataset", "RecordSerializer",
+           "SiameseModel", "Trainer", "TwinnetError", "__version__", "datasets", "evaluate", "export_onnx"]

@@ -44,8 +44,10 @@ def _setup(threads: int | None, verbose: bool = False) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if threads:
-        import torch
-
+        try:
+            import torch
+        except ImportError:  # the ONNX backend runs without PyTorch; it takes the thread count itself
+            return
         torch.set_num_threads(threads)
 
 
@@ -79,10 +81,20 @@ def _serializer(attributes: str | None, style: str, max_chars: int, split_codes:
         raise TwinnetError(str(exc)) from None
 
 
-def _load_model(path: Path):
-    from twinnet.model import SiameseModel
+Backend = Annotated[str, typer.Option("--backend", help="`torch`, `onnx` (fp32 graph from `twinnet export`) or "
+                                                      "`onnx-int8` (the quantised graph).")]
 
-    return SiameseModel.load(path)
+
+def _load_model(path: Path, backend: str = "torch", threads: int | None = None):
+    if backend == "torch":
+        from twinnet.model import SiameseModel
+
+        return SiameseModel.load(path)
+    if backend in ("onnx", "onnx-int8"):
+        from twinnet.runtime import OnnxSiameseModel
+
+        return OnnxSiameseModel.load(path, quantized=backend == "onnx-int8", threads=threads)
+    raise TwinnetError(f"--backend must be torch, onnx or onnx-int8, got {backend!r}")
 
 
 # ---------------------------------------------------------------------------------------------- train
@@ -98,6 +110,9 @@ def train(
                                            "join with '+'.")] = "online_contrastive+multiple_negatives",
     epochs: Annotated[int, typer.Option(help="Passes over the training pairs.")] = 4,
     batch_size: Annotated[int, typer.Option(help="Pairs per step.")] = 32,
+    positive_batch: Annotated[int, typer.Option(help="Also train each epoch on batches of this many 'same' pairs "
+                                                     "only, so in-batch negatives come from other entities "
+                                                     "(0 = off).")] = 0,
     learning_rate: Annotated[float, typer.Option("--lr", help="AdamW learning rate.")] = 5e-5,
     max_length: Annotated[int, typer.Option(help="Tokens per record; longer ones are truncated and counted.")] = 48,
     attributes: Annotated[Optional[str], typer.Option(help="Attributes to serialise, in order, comma-separated "
@@ -153,7 +168,7 @@ def train(
     siamese = SiameseModel.for_text(model, max_length=max_length, serializer=_serializer(attributes, style, max_chars, split_codes))
     trainer = Trainer(siamese, loss=loss, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                       seed=seed, calibration=calibration, calibration_target=target, probability=probability,
-                      cost_ratio=cost_ratio,
+                      cost_ratio=cost_ratio, positive_batch_size=positive_batch,
                       log_file=log_file)
     trainer.fit(train_pairs, valid_pairs)
     card = siamese.card_["train"]
@@ -180,6 +195,7 @@ def evaluate(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the report as JSON.")] = None,
     update_card: Annotated[bool, typer.Option(help="Record the metrics in the model folder's card.")] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --output file.")] = False,
+    backend: Backend = "torch",
     threads: Threads = None,
 ) -> None:
     """Evaluate a saved model with its stored threshold (never re-tuned on the evaluated data).
@@ -193,7 +209,7 @@ def evaluate(
 
     if output is not None and output.exists() and not overwrite:
         raise TwinnetError("output already exists; pass --overwrite to replace it", file=output)
-    siamese = _load_model(model_path)
+    siamese = _load_model(model_path, backend, threads)
     report, pairs = _run_evaluation(siamese, data, split, threshold, fmr, baseline, bootstrap)
     _print_report(report)
     if output:
@@ -300,6 +316,7 @@ def verify(
     threshold: Annotated[Optional[float], typer.Option(help="Override the stored threshold.")] = None,
     fmr: Annotated[Optional[float], typer.Option(help="Decide at this validation false-match rate instead.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+    backend: Backend = "torch",
     threads: Threads = None,
 ) -> None:
     """Decide whether records are the same: `same`, `score` and calibrated `probability`.
@@ -320,7 +337,7 @@ def verify(
         raise TwinnetError(f"--threshold must be a cosine score between -1 and 1, got {threshold}")
     if pairs is not None and (left is not None or right is not None):
         raise TwinnetError("give either two record texts or --pairs FILE, not both")
-    siamese = _load_model(model_path)
+    siamese = _load_model(model_path, backend, threads)
     if pairs is None:
         if left is None or right is None:
             raise TwinnetError("give two record texts, or --pairs FILE")
@@ -355,6 +372,7 @@ def embed(
     output: Annotated[Path, typer.Option("--output", "-o", help=".npy (matrix) or .parquet (id + embedding).")],
     batch_size: Annotated[int, typer.Option(help="Records per forward pass.")] = 64,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+    backend: Backend = "torch",
     threads: Threads = None,
 ) -> None:
     """Embed records with the model's encoder (L2-normalised rows).
@@ -375,7 +393,7 @@ def embed(
         raise TwinnetError("output must end in .npy or .parquet", file=output)
     if output.exists() and not overwrite:
         raise TwinnetError("output already exists; pass --overwrite to replace it", file=output)
-    siamese = _load_model(model_path)
+    siamese = _load_model(model_path, backend, threads)
     frame = read_table(records)
     if {"left", "right"} <= set(frame.columns) or any(str(c).startswith(("left_", "right_")) for c in frame.columns):
         raise TwinnetError("this looks like a pair file (left/right columns); embed takes one record per row "
@@ -402,6 +420,90 @@ def embed(
         else:
             pd.DataFrame({"id": ids, "embedding": list(vectors)}).to_parquet(tmp, index=False)
     console.print(f"wrote {vectors.shape[0]} × {vectors.shape[1]} embeddings to {output}")
+
+
+# ---------------------------------------------------------------------------------------------- export
+@app.command()
+def export(
+    model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="Model folder.")],
+    format: Annotated[str, typer.Option("--format", help="Export format (onnx).")] = "onnx",
+    quantize: Annotated[Optional[str], typer.Option(help="Also write a dynamically quantised graph: int8.")] = None,
+    sample: Annotated[Optional[Path], typer.Option(help="Records (table with a `text` column or attribute "
+                                                        "columns) for the parity check; default: built-in "
+                                                        "examples.")] = None,
+    threads: Threads = None,
+) -> None:
+    """Export to ONNX with pooling and normalisation in the graph (output = the final embedding).
+
+    Writes MODEL/onnx/model.onnx (and model_int8.onnx) after a parity check against PyTorch:
+    fp32 max |difference| <= 1e-4, int8 cosine >= 0.99 on every sample input.
+
+    Example:
+
+        twinnet export models/abt-buy --format onnx --quantize int8
+    """
+    _setup(threads)
+    from twinnet.export import export_onnx
+
+    if format != "onnx":
+        raise TwinnetError(f"--format must be onnx, got {format!r}")
+    texts = None
+    if sample is not None:
+        from twinnet.io import read_table
+
+        siamese = _load_model(model_path)
+        frame = read_table(sample).head(512)
+        items = frame["text"].tolist() if "text" in frame.columns else frame.drop(columns=["id"], errors="ignore")\
+            .to_dict(orient="records")
+        texts = siamese.to_inputs(items)
+    with console.status("exporting and checking parity"):
+        report = export_onnx(model_path, quantize=quantize, sample=texts)
+    line = f"wrote {model_path / 'onnx' / report['fp32']['file']} (max |diff| {report['fp32']['max_abs_diff']:.1e})"
+    if "int8" in report:
+        line += f" and {report['int8']['file']} (min cosine {report['int8']['min_cosine']:.4f})"
+    console.print(line)
+
+
+# ---------------------------------------------------------------------------------------------- serve
+@app.command()
+def serve(
+    model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="Model folder.")],
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    api_key_file: Annotated[Optional[Path], typer.Option(help="File with API keys, one per line (default: the "
+                                                              "TWINNET_API_KEY env var).")] = None,
+    no_auth: Annotated[bool, typer.Option("--no-auth", help="Serve without an API key (loopback only).")] = False,
+    max_items: Annotated[int, typer.Option(help="Items (inputs or pairs) per request.")] = 256,
+    max_chars: Annotated[int, typer.Option(help="Characters per input.")] = 4096,
+    max_batch: Annotated[int, typer.Option(help="Inputs per forward pass when micro-batching (1 = off).")] = 128,
+    max_wait_ms: Annotated[float, typer.Option(help="How long a request waits for others to share its "
+                                                    "forward pass.")] = 5.0,
+    backend: Backend = "torch",
+    threads: Threads = None,
+) -> None:
+    """Serve the model over HTTP: POST /v1/embed, POST /v1/verify, GET /v1/health, GET /v1/model, /docs.
+
+    Requests need `X-API-Key: KEY` (or `Authorization: Bearer KEY`); keys come from TWINNET_API_KEY or
+    --api-key-file.
+
+    Example:
+
+        TWINNET_API_KEY=s3cret twinnet serve models/abt-buy --port 8000
+
+        curl -H 'X-API-Key: s3cret' -d '{"pairs": [{"left": "sony kdl-40v5100", "right": "sony bravia 40"}]}' \
+          http://127.0.0.1:8000/v1/verify
+    """
+    _setup(threads)
+    from twinnet.serve import ServeSettings, check_bind, create_app, load_api_keys, run
+
+    keys = set() if no_auth else load_api_keys(api_key_file)
+    check_bind(host, auth=not no_auth, keys=keys)
+    settings = ServeSettings(max_items=max_items, max_chars=max_chars, max_batch=max_batch, max_wait_ms=max_wait_ms)
+    siamese = _load_model(model_path, backend, threads)
+    console.print(f"serving {model_path} ({backend}) on http://{host}:{port}  docs: http://{host}:{port}/docs"
+                  + ("  [yellow]no authentication[/]" if no_auth else ""))
+    run(create_app(siamese, api_keys=keys, settings=settings, model_folder=model_path, backend=backend),
+        host=host, port=port)
 
 
 # ---------------------------------------------------------------------------------------------- audit

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,6 +47,32 @@ def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = True) -> Iter
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike[str], *, overwrite: bool = True) -> Iterator[Path]:
+    """Yield an empty staging folder beside ``path``; it replaces ``path`` only if the block succeeds.
+
+    The old folder is moved aside and removed only after the new one is in place, so a failure or a
+    kill while writing leaves the previous folder as it was.
+    """
+    target = Path(path)
+    if target.exists() and not overwrite:
+        raise TwinnetError("folder already exists; pass --overwrite to replace it", file=target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield staging
+        if target.exists():
+            backup = target.with_name(f".{target.name}.old")
+            shutil.rmtree(backup, ignore_errors=True)
+            os.replace(target, backup)
+            os.replace(staging, target)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_json(path: str | os.PathLike[str], data: Any) -> None:

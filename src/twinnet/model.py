@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import shutil
-import tempfile
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,39 +16,19 @@ from torch import nn
 
 from twinnet import __version__
 from twinnet.calibration import Calibrator
-from twinnet.data.pairs import PairDataset
-from twinnet.data.records import Record, RecordSerializer, is_missing
+from twinnet.data.records import RecordSerializer
 from twinnet.encoders import DEFAULT_TEXT_MODEL, ENCODERS, Encoder, TextEncoder
 from twinnet.errors import TwinnetError
+from twinnet.io import atomic_folder
+from twinnet.scoring import Decision, PairScorer, Truncation, unique_inputs
+
+__all__ = ["Decision", "SiameseModel", "Truncation"]
 
 log = logging.getLogger("twinnet")
 SIMILARITIES = ("cosine",)
 
 
-@dataclass
-class Truncation:
-    """How many inputs of the last ``embed`` call were cut to the encoder's maximum length."""
-
-    inputs: int = 0
-    truncated: int = 0
-    tokens_cut: int = 0
-    max_tokens_cut: int = 0
-
-    def message(self) -> str:
-        return (f"{self.truncated} of {self.inputs} inputs were longer than the maximum length and were truncated "
-                f"(up to {self.max_tokens_cut} tokens cut)")
-
-
-@dataclass
-class Decision:
-    """The verdict on one pair."""
-
-    same: bool
-    score: float
-    probability: float
-
-
-class SiameseModel(nn.Module):
+class SiameseModel(PairScorer, nn.Module):
     """Two inputs, one encoder with shared weights, one similarity score.
 
     ``embed`` maps records to L2-normalised embeddings, ``score`` compares pairs by cosine similarity,
@@ -70,6 +48,7 @@ class SiameseModel(nn.Module):
         self.calibration_: Calibrator | None = None
         self.card_: dict[str, Any] = {}
         self.last_truncation = Truncation()
+        self.last_tokens_cut = np.zeros(0, dtype=np.int64)
 
     @classmethod
     def for_text(cls, model_name_or_path: str = DEFAULT_TEXT_MODEL, *, max_length: int = 64,
@@ -90,39 +69,15 @@ class SiameseModel(nn.Module):
             embeddings = nn.functional.normalize(embeddings, p=2, dim=-1)
         return embeddings
 
-    def to_inputs(self, records: Sequence[Record], *, what: str = "item") -> list[Any]:
-        """Serialise records to the encoder's inputs, rejecting missing ones by index."""
-        inputs = []
-        for i, record in enumerate(records):
-            if not isinstance(record, (str, dict)) and is_missing(record):
-                raise TwinnetError(f"{what} {i} is missing (None/NaN); every item needs a value")
-            try:
-                inputs.append(self.serializer(record) if self.encoder.modality == "text" else record)
-            except ValueError as exc:
-                raise TwinnetError(f"{what} {i}: {exc}") from None
-        return inputs
-
     # ------------------------------------------------------------------ inference
-    def embed(self, records: Sequence[Record], *, batch_size: int = 64, normalize: bool | None = None,
-              progress: Any = None) -> np.ndarray:
-        """Embeddings of ``records`` as a float32 array (one row each, in order).
-
-        Identical inputs are encoded once, and inputs of similar length are batched together.
-        ``normalize=False`` returns the pooled embeddings before L2 normalisation.
-        """
-        if isinstance(records, (str, dict)):
-            raise TwinnetError("embed() takes a list of records; wrap a single one in a list")
-        inputs = self.to_inputs(records)
-        return self._embed_inputs(inputs, batch_size=batch_size, normalize=normalize, progress=progress)
-
     @torch.inference_mode()
     def _embed_inputs(self, inputs: list[Any], *, batch_size: int, normalize: bool | None = None,
                       progress: Any = None) -> np.ndarray:
         if not inputs:
             return np.zeros((0, self.encoder.embedding_dim), dtype=np.float32)
-        unique, inverse = _unique(inputs)
+        unique, inverse = unique_inputs(inputs)
         prepared = self.encoder.prepare(unique)
-        self._record_truncation(prepared)
+        self._record_truncation([getattr(p, 'truncated_tokens', 0) for p in prepared], inverse)
         order = np.argsort([self.encoder.item_cost(p) for p in prepared], kind="stable")
         out = np.empty((len(unique), self.encoder.embedding_dim), dtype=np.float32)
         was_training = self.training
@@ -142,75 +97,26 @@ class SiameseModel(nn.Module):
             self.train(was_training)
         return out[inverse]
 
-    def _record_truncation(self, prepared: Sequence[Any]) -> None:
-        cuts = [getattr(p, "truncated_tokens", 0) for p in prepared]
-        cut = [c for c in cuts if c > 0]
-        self.last_truncation = Truncation(len(cuts), len(cut), int(sum(cut)), int(max(cut, default=0)))
-        if cut:
-            log.warning(self.last_truncation.message())
+    @property
+    def input_modality(self) -> str:
+        return self.encoder.modality
 
-    def score(self, left: Sequence[Record], right: Sequence[Record], *, batch_size: int = 64) -> np.ndarray:
-        """Cosine similarity of each (left[i], right[i]) pair; every distinct record is embedded once."""
-        if len(left) != len(right):
-            raise TwinnetError(f"left has {len(left)} records but right has {len(right)}")
-        inputs = self.to_inputs(list(left), what="left item") + self.to_inputs(list(right), what="right item")
-        emb = self._embed_inputs(inputs, batch_size=batch_size)
-        a, b = emb[: len(left)], emb[len(left):]
-        if not self.normalize:
-            a = a / np.clip(np.linalg.norm(a, axis=1, keepdims=True), 1e-12, None)
-            b = b / np.clip(np.linalg.norm(b, axis=1, keepdims=True), 1e-12, None)
-        return np.sum(a * b, axis=1).astype(np.float64)
+    @property
+    def embedding_dim(self) -> int:
+        return self.encoder.embedding_dim
 
-    def score_pairs(self, pairs: PairDataset, *, batch_size: int = 64) -> np.ndarray:
-        return self.score(pairs.left, pairs.right, batch_size=batch_size)
+    def fingerprint(self) -> str:
+        """A digest of the configuration and every weight: equal fingerprints embed identically.
 
-    def decision_threshold(self, threshold: float | None = None, *, fmr: float | None = None) -> float:
-        """The threshold in force: an explicit one, one for a target false-match rate, or the stored one."""
-        if threshold is not None:
-            return float(threshold)
-        if self.calibration_ is None:
-            raise TwinnetError("this model has no fitted threshold; train it with a validation split, "
-                               "call model.calibrate(valid), or pass a threshold")
-        if fmr is not None:
-            return self.calibration_.threshold_for(fmr=fmr)
-        return self.calibration_.threshold_
-
-    def verify(self, left: Record | Sequence[Record], right: Record | Sequence[Record], *,
-               threshold: float | None = None, fmr: float | None = None) -> Decision | list[Decision]:
-        """Decide whether records are the same: one pair gives a :class:`Decision`, lists give a list."""
-        single = isinstance(left, (str, dict)) or isinstance(right, (str, dict))
-        for name, value in (("left", left), ("right", right)):
-            if not isinstance(value, (str, dict, list, tuple)) and is_missing(value):
-                raise TwinnetError(f"{name} record is missing (None/NaN)")
-        if single and not (isinstance(left, (str, dict)) and isinstance(right, (str, dict))):
-            raise TwinnetError("verify() takes two records, or two equally long lists of records")
-        lefts, rights = ([left], [right]) if single else (list(left), list(right))
-        scores = self.score(lefts, rights)
-        cut = self.decision_threshold(threshold, fmr=fmr)
-        probabilities = self.predict_proba_scores(scores)
-        decisions = [Decision(bool(s >= cut), float(s), float(p)) for s, p in zip(scores, probabilities)]
-        return decisions[0] if single else decisions
-
-    def predict_proba_scores(self, scores: np.ndarray) -> np.ndarray:
-        if self.calibration_ is None:
-            return np.full(len(scores), np.nan)
-        return self.calibration_.predict_proba(scores)
-
-    def predict(self, pairs: PairDataset, *, threshold: float | None = None) -> np.ndarray:
-        """0/1 decisions for a pair dataset (scikit-learn style)."""
-        return (self.score_pairs(pairs) >= self.decision_threshold(threshold)).astype(np.int64)
-
-    def predict_proba(self, pairs: PairDataset) -> np.ndarray:
-        return self.predict_proba_scores(self.score_pairs(pairs))
-
-    def calibrate(self, valid: PairDataset, **options: Any) -> Calibrator:
-        """Fit the threshold and probability map on labelled validation pairs and store them."""
-        from twinnet.calibration import fit_calibrator
-
-        if not valid.has_labels:
-            raise TwinnetError("calibration needs labelled validation pairs", file=valid.name or None)
-        self.calibration_ = fit_calibrator(self.score_pairs(valid), valid.labels, **options)
-        return self.calibration_
+        Stored in vector indexes (and ONNX exports) so that vectors from one model are never searched with
+        another's.
+        """
+        digest = hashlib.sha256(json.dumps({k: v for k, v in self.config().items() if k != "twinnet_version"},
+                                           sort_keys=True).encode())
+        for name, tensor in sorted(self.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()[:32]
 
     # ------------------------------------------------------------------ persistence
     def config(self) -> dict[str, Any]:
@@ -225,9 +131,7 @@ class SiameseModel(nn.Module):
         target = Path(path)
         if target.exists() and not overwrite:
             raise TwinnetError("model folder already exists; pass --overwrite to replace it", file=target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
+        with atomic_folder(target) as staging:
             self.encoder.save(staging)
             _match_sentence_transformers_normalization(staging, self.normalize)
             config_file = staging / "config.json"
@@ -238,16 +142,6 @@ class SiameseModel(nn.Module):
                 (staging / "calibration.json").write_text(
                     json.dumps(self.calibration_.to_dict(), indent=2) + "\n")
             write_card_files(self, staging)
-            if target.exists():
-                backup = target.with_name(f".{target.name}.old")
-                shutil.rmtree(backup, ignore_errors=True)
-                os.replace(target, backup)
-                os.replace(staging, target)
-                shutil.rmtree(backup, ignore_errors=True)
-            else:
-                os.replace(staging, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
         return target
 
     @classmethod
@@ -287,17 +181,3 @@ def _match_sentence_transformers_normalization(folder: Path, normalize: bool) ->
     modules = [m for m in json.loads(modules_file.read_text()) if not m["type"].endswith(".Normalize")]
     modules_file.write_text(json.dumps(modules, indent=2))
     shutil.rmtree(folder / "2_Normalize", ignore_errors=True)
-
-
-def _unique(items: Sequence[Any]) -> tuple[list[Any], np.ndarray]:
-    """Distinct items (by value for text, by identity otherwise) and the map back to positions."""
-    index: dict[Any, int] = {}
-    unique: list[Any] = []
-    inverse = np.empty(len(items), dtype=np.int64)
-    for i, item in enumerate(items):
-        key = item if isinstance(item, (str, bytes)) else id(item)
-        if key not in index:
-            index[key] = len(unique)
-            unique.append(item)
-        inverse[i] = index[key]
-    return unique, inverse

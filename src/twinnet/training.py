@@ -12,10 +12,9 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
