@@ -189,3 +189,32 @@ def test_real_uvicorn_process_serves_and_shuts_down_gracefully(tmp_path, calibra
     access = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
     assert any(a["path"] == "/v1/verify" and a["status"] == 200 for a in access)
     assert "Traceback" not in output
+
+
+def test_search_endpoint_with_an_index(calibrated):
+    from twinnet.index import VectorIndex
+
+    import pandas as pd
+
+    records = ["sony tv xr100", "lg speaker kd250", "bose camera mz380", "canon tv set pq420"]
+    index = VectorIndex.build(calibrated, records, ids=["s", "l", "b", "c"])
+    index.set_metadata(pd.DataFrame({"id": ["s"], "name": ["sony tv xr100"]}))
+    app = create_app(calibrated, api_keys={KEY}, settings=ServeSettings(max_items=8, max_chars=200), index=index)
+    with TestClient(app) as c:
+        answer = c.post("/v1/search", json={"queries": ["sony tv xr100", {"name": "lg speaker kd250"}], "k": 10},
+                        headers=HEADERS)
+        assert answer.status_code == 200, answer.text
+        results = answer.json()["results"]
+        assert [r[0]["id"] for r in results] == ["s", "l"] and len(results[0]) == 4  # k > size: 4 real hits
+        assert results[0][0]["score"] == pytest.approx(1.0, abs=1e-5) and results[0][0]["metadata"]["name"]
+        expected = calibrated.predict_proba_scores(np.array([results[0][1]["score"]]))[0]
+        assert results[0][1]["probability"] == pytest.approx(expected, abs=1e-9)
+        by_id = c.post("/v1/search", json={"ids": ["b"], "k": 1}, headers=HEADERS).json()
+        assert by_id["results"][0][0]["id"] == "b"
+        unknown = c.post("/v1/search", json={"ids": ["b", "zz"]}, headers=HEADERS)
+        assert unknown.status_code == 404 and unknown.json()["error"]["item"] == 1
+        assert c.post("/v1/search", json={"queries": ["x"], "ids": ["b"]}, headers=HEADERS).status_code == 422
+        assert c.post("/v1/search", json={"queries": ["ok", ""]}, headers=HEADERS).json()["error"]["item"] == 1
+    no_index = create_app(calibrated, api_keys={KEY})
+    with TestClient(no_index) as c:
+        assert c.post("/v1/search", json={"queries": ["x"]}, headers=HEADERS).status_code == 404

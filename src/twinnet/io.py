@@ -139,3 +139,34 @@ def read_table(path: str | os.PathLike[str], **csv_options: Any) -> pd.DataFrame
         raise TwinnetError("file is empty", file=path) from None
     except (pd.errors.ParserError, ValueError) as exc:
         raise TwinnetError(f"cannot be parsed as {kind}: {str(exc).splitlines()[0]}", file=path) from None
+
+
+def iter_table(path: str | os.PathLike[str], chunk_rows: int = 50_000) -> Iterator[pd.DataFrame]:
+    """Read a table in chunks of ``chunk_rows`` rows (strings, as :func:`read_table`), so a large
+    collection never has to sit in memory as a whole DataFrame."""
+    path = Path(path)
+    if not path.exists():
+        raise TwinnetError("file not found", file=path)
+    if path.is_dir():
+        raise TwinnetError("expected a file but found a folder", file=path)
+    kind = table_format(path)
+    try:
+        if kind == "parquet":
+            import pyarrow.parquet as pq
+
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
+                yield batch.to_pandas()
+            return
+        if kind == "jsonl":
+            reader = pd.read_json(path, lines=True, dtype=False, encoding="utf-8", chunksize=chunk_rows)
+        else:
+            reader = pd.read_csv(path, sep="\t" if kind == "tsv" else ",", dtype=str, keep_default_na=False,
+                                 na_values=[""], encoding="utf-8", encoding_errors="strict", chunksize=chunk_rows)
+        with reader:
+            yield from reader
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
+    except pd.errors.EmptyDataError:
+        raise TwinnetError("file is empty", file=path) from None
+    except (pd.errors.ParserError, ValueError) as exc:
+        raise TwinnetError(f"cannot be parsed as {kind}: {str(exc).splitlines()[0]}", file=path) from None

@@ -5,7 +5,9 @@ Decision rule everywhere in twinnet: a pair is "same" when ``score >= threshold`
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
@@ -171,3 +173,54 @@ def bootstrap_intervals(labels: np.ndarray, scores: np.ndarray, threshold: float
             draws["roc_auc"].append(roc_auc_score(y, s))
     lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
     return {k: (float(np.percentile(v, lo)), float(np.percentile(v, hi))) for k, v in draws.items() if v}
+
+
+# ---------------------------------------------------------------------------------------------- collections
+def pair_set_metrics(predicted: Iterable[tuple[Any, Any]], gold: Iterable[tuple[Any, Any]], *,
+                     unordered: bool = True) -> dict[str, float]:
+    """Precision, recall and F1 of predicted match pairs against gold pairs (ids; order ignored when
+    ``unordered``). Blocking pair completeness is the recall of the candidate set."""
+    def key(pair: tuple[Any, Any]) -> tuple[str, str]:
+        a, b = str(pair[0]), str(pair[1])
+        return (min(a, b), max(a, b)) if unordered else (a, b)
+
+    predicted_set, gold_set = {key(p) for p in predicted}, {key(p) for p in gold}
+    hits = len(predicted_set & gold_set)
+    precision = hits / len(predicted_set) if predicted_set else 0.0
+    recall = hits / len(gold_set) if gold_set else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "true_pairs_found": hits,
+            "predicted_pairs": len(predicted_set), "gold_pairs": len(gold_set)}
+
+
+def cluster_metrics(predicted: Sequence[Any], gold: Sequence[Any]) -> dict[str, float]:
+    """Pairwise and B-cubed precision/recall/F1 of a clustering against gold entity labels.
+
+    Computed from the cluster-by-entity contingency table, so the cost is linear in the number of records
+    (no list of all pairs is built)."""
+    if len(predicted) != len(gold):
+        raise ValueError(f"{len(predicted)} predicted labels for {len(gold)} gold labels")
+    if len(predicted) == 0:
+        return {k: 0.0 for k in ("pairwise_precision", "pairwise_recall", "pairwise_f1",
+                                 "bcubed_precision", "bcubed_recall", "bcubed_f1")}
+    _, p = np.unique(np.asarray(predicted, dtype=str), return_inverse=True)
+    _, g = np.unique(np.asarray(gold, dtype=str), return_inverse=True)
+    joint = np.unique(p.astype(np.int64) * (g.max() + 1) + g, return_counts=True)
+    n_ij = joint[1].astype(np.float64)
+    cells_p, cells_g = joint[0] // (g.max() + 1), joint[0] % (g.max() + 1)
+    size_p, size_g = np.bincount(p).astype(np.float64), np.bincount(g).astype(np.float64)
+    together = float((n_ij * (n_ij - 1) / 2).sum())
+    predicted_pairs = float((size_p * (size_p - 1) / 2).sum())
+    gold_pairs = float((size_g * (size_g - 1) / 2).sum())
+    pp = together / predicted_pairs if predicted_pairs else 1.0
+    pr = together / gold_pairs if gold_pairs else 1.0
+    # B-cubed: each record's share of its cluster that is its entity, and of its entity that is its cluster.
+    bp = float((n_ij ** 2 / size_p[cells_p]).sum() / len(p))
+    br = float((n_ij ** 2 / size_g[cells_g]).sum() / len(p))
+
+    def f(a: float, b: float) -> float:
+        return 2 * a * b / (a + b) if a + b else 0.0
+
+    return {"pairwise_precision": pp, "pairwise_recall": pr, "pairwise_f1": f(pp, pr),
+            "bcubed_precision": bp, "bcubed_recall": br, "bcubed_f1": f(bp, br),
+            "predicted_pairs": int(predicted_pairs), "gold_pairs": int(gold_pairs), "true_pairs": int(together)}

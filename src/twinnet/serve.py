@@ -34,6 +34,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from twinnet.errors import TwinnetError
+from twinnet.index import VectorIndex
 from twinnet.scoring import PairScorer, cosine_rows
 
 access_log = logging.getLogger("twinnet.access")
@@ -113,6 +114,20 @@ class VerifyRequest(_Strict):
     fmr: float | None = Field(None, ge=0, le=1, description="Threshold for this validation false-match rate.")
 
 
+class SearchRequest(_Strict):
+    queries: list[Item] | None = Field(None, description="Query texts or records.",
+                                       examples=[["sony bravia kdl-40v5100"]])
+    ids: list[str] | None = Field(None, description="Or: ids of records already in the index.")
+    k: int = Field(10, ge=1, le=1000, description="Hits per query.")
+
+
+class Hit(BaseModel):
+    id: str
+    score: float
+    probability: float | None
+    metadata: dict[str, Any] | None = None
+
+
 class Truncated(BaseModel):
     item: int
     side: str | None = None
@@ -134,6 +149,11 @@ class VerifyResult(BaseModel):
 class VerifyResponse(BaseModel):
     results: list[VerifyResult]
     threshold: float
+    truncated: list[Truncated]
+
+
+class SearchResponse(BaseModel):
+    results: list[list[Hit]]
     truncated: list[Truncated]
 
 
@@ -219,9 +239,12 @@ class MicroBatcher:
 # ---------------------------------------------------------------------------------------------- app
 def create_app(model: PairScorer, *, api_keys: set[str] | None = None,
                settings: ServeSettings | None = None, model_folder: str | os.PathLike[str] | None = None,
-               backend: str = "torch") -> FastAPI:
-    """The FastAPI application. ``api_keys=None`` (or empty) serves without authentication."""
+               backend: str = "torch", index: VectorIndex | None = None) -> FastAPI:
+    """The FastAPI application. ``api_keys=None`` (or empty) serves without authentication; with ``index``
+    (built with this model: checked by fingerprint) it also answers ``POST /v1/search``."""
     settings = settings or ServeSettings()
+    if index is not None:
+        index.check_model(model)
     keys = set(api_keys or ())
     card = _model_card(model, model_folder, backend)
 
@@ -302,6 +325,40 @@ def create_app(model: PairScorer, *, api_keys: set[str] | None = None,
                              "probability": None if math.isnan(d.probability) else d.probability}
                             for d in decisions],
                 "threshold": threshold, "truncated": truncated}
+
+    @app.post("/v1/search", response_model=SearchResponse)
+    async def search(body: SearchRequest, request: Request) -> dict[str, Any]:
+        if index is None:
+            raise ApiError(404, "no index is loaded; start the service with --index DIR")
+        if (body.queries is None) == (body.ids is None):
+            raise ApiError(422, "give either 'queries' or 'ids'")
+        cut: list[int] = []
+        if body.ids is not None:
+            request.state.items = len(body.ids)
+            _check_count(len(body.ids), settings)
+            unknown = next((i for i, x in enumerate(body.ids) if x not in index), None)
+            if unknown is not None:
+                raise ApiError(404, f"id {body.ids[unknown]!r} is not in the index", unknown)
+            vectors = index.reconstruct(body.ids)
+        else:
+            inputs = _checked_inputs(model, body.queries, settings, request)
+            vectors, cut = await app.state.batcher.embed(inputs)
+        found = index.search(vectors, body.k)
+        scores = np.nan_to_num(found.scores.ravel()).astype(np.float64)
+        probabilities = model.predict_proba_scores(scores).reshape(found.scores.shape)
+        results = []
+        for q in range(len(found)):
+            hits = []
+            for j, hit in enumerate(found.hits(q)):
+                p = probabilities[q, j]
+                meta = None
+                if index.metadata is not None and hit["id"] in index.metadata.index:
+                    meta = {str(c): v for c, v in index.metadata.loc[hit["id"]].items()}
+                hits.append({"id": hit["id"], "score": hit["score"],
+                             "probability": None if math.isnan(p) else float(p), "metadata": meta})
+            results.append(hits)
+        return {"results": results,
+                "truncated": [{"item": i, "tokens_cut": int(c)} for i, c in enumerate(cut) if c > 0]}
 
     return app
 

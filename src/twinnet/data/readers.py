@@ -234,3 +234,64 @@ def read_any(path: str | os.PathLike[str], split: str | None = None, **options: 
     if path.suffix == ".txt" or ".txt." in path.name:
         return read_ditto(path, **options)
     return read_pairs(path, **options)
+
+
+# --------------------------------------------------------------------------- one record per row
+def iter_records(path: str | os.PathLike[str], *, id_column: str = "id", text_column: str = "text",
+                 ignore: tuple[str, ...] = (), chunk_rows: int = 50_000):
+    """Yield ``(ids, records)`` chunks from a table with one record per row.
+
+    A ``text`` column is used as the record's text; otherwise every column but the id and ``ignore``
+    (e.g. a ground-truth column) is an attribute. Rows without an id get their row number. Empty records
+    and repeated ids are errors that name the row (rows count from 2: line 1 is the header).
+    """
+    from twinnet.io import iter_table
+
+    path = Path(path)
+    seen: set[str] = set()
+    row = 2
+    for frame in iter_table(path, chunk_rows):
+        columns = [str(c) for c in frame.columns]
+        if {"left", "right"} <= set(columns) or any(c.startswith(("left_", "right_")) for c in columns):
+            raise TwinnetError("this looks like a pair file (left/right columns); this command takes one record "
+                               "per row (a `text` column, or attribute columns)", file=path)
+        missing = [c for c in ignore if c not in columns]
+        if missing:
+            raise TwinnetError(f"no column {missing[0]!r} to ignore (columns: {', '.join(columns)})", file=path)
+        ids = (frame[id_column].tolist() if id_column in columns
+               else [str(row - 2 + i) for i in range(len(frame))])
+        if text_column in columns:
+            records: list[Any] = frame[text_column].tolist()
+        else:
+            keep = [c for c in columns if c != id_column and c not in ignore]
+            if not keep:
+                raise TwinnetError("no attribute columns besides the id", file=path)
+            records = frame[keep].to_dict(orient="records")
+        clean_ids = []
+        for i, (rid, record) in enumerate(zip(ids, records)):
+            if is_missing(rid) or not str(rid).strip():
+                raise TwinnetError("id is empty", file=path, row=row + i, field=id_column)
+            rid = str(rid).strip()
+            if rid in seen:
+                raise TwinnetError(f"id {rid!r} appears twice", file=path, row=row + i, field=id_column)
+            seen.add(rid)
+            clean_ids.append(rid)
+            if isinstance(record, dict):
+                empty = not any(clean_text(v) for v in record.values())
+            else:
+                empty = is_missing(record) or not clean_text(record)
+            if empty:
+                raise TwinnetError("record is empty or missing", file=path, row=row + i,
+                                   field=text_column if text_column in columns else None)
+        row += len(frame)
+        yield clean_ids, records
+
+
+def read_records(path: str | os.PathLike[str], **options: Any) -> tuple[list[str], list[Any]]:
+    """All of :func:`iter_records` at once: ``(ids, records)``."""
+    ids: list[str] = []
+    records: list[Any] = []
+    for chunk_ids, chunk in iter_records(path, **options):
+        ids.extend(chunk_ids)
+        records.extend(chunk)
+    return ids, records
