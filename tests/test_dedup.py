@@ -153,3 +153,19 @@ def test_record_table_errors_name_the_row(tmp_path, calibrated_folder):
     result = runner.invoke(app, ["dedup", str(calibrated_folder), str(table), "--ignore", "truth",
                                  "-o", str(tmp_path / "c.csv")])
     assert result.exit_code == 2 and "no column 'truth'" in result.output
+
+
+def test_mined_training_pairs_hold_entity_positives_and_cross_entity_negatives(tiny_model):
+    from twinnet.dedup import mine_training_pairs
+
+    table = synthesize_products(60, duplicate_fraction=0.4, seed=1)
+    records = table[["name", "brand", "price"]].to_dict(orient="records")
+    pairs = mine_training_pairs(tiny_model, records, table["id"], table["entity_id"], k=5,
+                                negatives_per_record=2)
+    entity = dict(zip(table["id"], table["entity_id"]))
+    same = np.asarray([entity[a] == entity[b] for a, b in zip(pairs.left_ids, pairs.right_ids)])
+    assert (same == (pairs.labels == 1)).all()
+    assert pairs.labels.sum() > 0 and (pairs.labels == 0).sum() > 0
+    assert all(a != b for a, b in zip(pairs.left_ids, pairs.right_ids))
+    negatives_per_left = pd.Series(np.asarray(pairs.left_ids)[pairs.labels == 0]).value_counts()
+    assert negatives_per_left.max() <= 2

@@ -113,3 +113,19 @@ def test_cli_export_and_onnx_backend(tmp_path, tiny_model):
     missing = runner.invoke(app, ["embed", str(folder), str(records), "-o", str(tmp_path / "x.npy"),
                                   "--backend", "onnx-int8"])
     assert missing.exit_code == 2 and "--quantize int8" in missing.output
+
+
+def test_parity_check_feeds_the_serialised_text(tmp_path, tokenizer):
+    """With split_codes the graph must see 'kdl 40 v 5100', as the runtime does, not the raw 'KDL-40V5100'."""
+    from conftest import make_tiny_encoder
+    from twinnet.data import RecordSerializer
+    from twinnet.model import SiameseModel
+
+    model = SiameseModel(make_tiny_encoder(tokenizer), serializer=RecordSerializer(split_codes=True))
+    folder = model.save(tmp_path / "codes")
+    records = ["sony KDL-40V5100 lcd", {"name": "samsung ln40b650", "price": "999"}]
+    report = export_onnx(folder, sample=records)
+    assert report["fp32"]["max_abs_diff"] <= 1e-4 and report["sample_size"] == 2
+    runtime = OnnxSiameseModel.load(folder)
+    assert runtime.fingerprint() == model.fingerprint()
+    np.testing.assert_allclose(runtime.embed(records), model.embed(records), atol=1e-4)

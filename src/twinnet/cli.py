@@ -438,8 +438,8 @@ def export(
     format: Annotated[str, typer.Option("--format", help="Export format (onnx).")] = "onnx",
     quantize: Annotated[Optional[str], typer.Option(help="Also write a dynamically quantised graph: int8.")] = None,
     sample: Annotated[Optional[Path], typer.Option(help="Records (table with a `text` column or attribute "
-                                                        "columns) for the parity check; default: built-in "
-                                                        "examples.")] = None,
+                                                        "columns; the first 512 are used) for the parity check; "
+                                                        "default: built-in examples.")] = None,
     threads: Threads = None,
 ) -> None:
     """Export to ONNX with pooling and normalisation in the graph (output = the final embedding).
@@ -456,17 +456,13 @@ def export(
 
     if format != "onnx":
         raise TwinnetError(f"--format must be onnx, got {format!r}")
-    texts = None
+    records = None
     if sample is not None:
-        from twinnet.io import read_table
+        from twinnet.data.readers import read_records
 
-        siamese = _load_model(model_path)
-        frame = read_table(sample).head(512)
-        items = frame["text"].tolist() if "text" in frame.columns else frame.drop(columns=["id"], errors="ignore")\
-            .to_dict(orient="records")
-        texts = siamese.to_inputs(items)
+        records = read_records(sample)[1][:512]
     with console.status("exporting and checking parity"):
-        report = export_onnx(model_path, quantize=quantize, sample=texts)
+        report = export_onnx(model_path, quantize=quantize, sample=records)
     line = f"wrote {model_path / 'onnx' / report['fp32']['file']} (max |diff| {report['fp32']['max_abs_diff']:.1e})"
     if "int8" in report:
         line += f" and {report['int8']['file']} (min cosine {report['int8']['min_cosine']:.4f})"
@@ -527,8 +523,8 @@ def serve(
 # ---------------------------------------------------------------------------------------------- index
 Ignore = Annotated[Optional[str], typer.Option(help="Columns to leave out of the records, comma-separated "
                                                    "(e.g. a ground-truth column).")]
-IndexKind = Annotated[str, typer.Option("--kind", help="flat (exact), hnsw, ivf or ivfpq; auto = flat up to "
-                                                       "200k records, ivf beyond.")]
+IndexKind = Annotated[str, typer.Option("--kind", help="flat (exact), hnsw, ivf, ivfsq or ivfpq; auto = flat up "
+                                                       "to 200k records, ivfsq beyond.")]
 
 
 def _columns(value: str | None) -> tuple[str, ...]:

@@ -24,13 +24,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from twinnet.errors import TwinnetError
 from twinnet.index import VectorIndex
+
+if TYPE_CHECKING:
+    from twinnet.data.pairs import PairDataset
 
 CLUSTERINGS = ("centre", "components", "one_to_one")
 
@@ -105,7 +108,12 @@ def block(embeddings: np.ndarray, other: np.ndarray | None = None, *, k: int = 1
     if len(stored) == 0 or len(queries) == 0:
         return Candidates(*_empty_pairs())
     index = VectorIndex(stored.shape[1], kind=_auto_kind(index_kind, len(stored)), **index_options)
-    index.add(np.arange(len(stored)).astype(str), stored)  # a fresh index labels rows 0..n-1
+    if index.kind.startswith("ivf"):  # train the cells on a random sample, not on whatever comes first
+        sample = np.random.default_rng(0).choice(len(stored), min(len(stored), 100_000), replace=False)
+        index.train(stored[np.sort(sample)])
+    for start in range(0, len(stored), chunk_size * 8):  # a fresh index labels rows 0..n-1
+        index.add(np.arange(start, min(start + chunk_size * 8, len(stored))).astype(str),
+                  stored[start: start + chunk_size * 8])
     width = min(k + (other is None), len(stored))
     lefts, rights = [], []
     for start in range(0, len(queries), chunk_size):
@@ -229,6 +237,53 @@ def link(model: Any, records_a: Sequence[Any], records_b: Sequence[Any], ids_a: 
     return result
 
 
+# ---------------------------------------------------------------------------------------------- training data
+def mine_training_pairs(model: Any, records: Sequence[Any], ids: Sequence[Any], entities: Sequence[Any], *,
+                        k: int = 10, positives_per_record: int = 3, negatives_per_record: int = 3,
+                        seed: int = 0, batch_size: int = 64) -> PairDataset:
+    """Labelled pairs from a collection whose records carry an entity id (a deduplicated training set).
+
+    Positives: up to ``positives_per_record`` other records of the same entity, drawn at random. Negatives:
+    the ``negatives_per_record`` most similar records *of other entities* among the record's ``k`` nearest
+    neighbours under ``model`` -- the hard negatives a k-NN blocker will hand the matcher later.
+    """
+    from twinnet.data.pairs import PairDataset
+
+    ids = [str(i) for i in ids]
+    entities = [str(e) for e in entities]
+    if not len(ids) == len(records) == len(entities):
+        raise TwinnetError(f"{len(records)} records, {len(ids)} ids and {len(entities)} entity ids")
+    _check_unique(ids)
+    rng = np.random.default_rng(seed)
+    members: dict[str, list[int]] = {}
+    for row, entity in enumerate(entities):
+        members.setdefault(entity, []).append(row)
+    pairs: set[tuple[int, int, int]] = set()
+    for group in members.values():
+        if len(group) < 2:
+            continue
+        for row in group:
+            others = [r for r in group if r != row]
+            for other in rng.permutation(others)[:positives_per_record].tolist():
+                pairs.add((min(row, other), max(row, other), 1))
+    embeddings = model.embed(list(records), batch_size=batch_size)
+    candidates = block(embeddings, k=k)
+    entity_codes = np.unique(np.asarray(entities), return_inverse=True)[1]
+    different = entity_codes[candidates.left] != entity_codes[candidates.right]
+    hard = candidates.take(different)
+    order = np.lexsort((-hard.scores, hard.left))
+    taken: dict[int, int] = {}
+    for a, b in zip(hard.left[order].tolist(), hard.right[order].tolist()):
+        if taken.get(a, 0) < negatives_per_record:
+            taken[a] = taken.get(a, 0) + 1
+            pairs.add((a, b, 0))
+    chosen = sorted(pairs)
+    return PairDataset(left=[records[a] for a, _, _ in chosen], right=[records[b] for _, b, _ in chosen],
+                       labels=np.asarray([y for _, _, y in chosen], dtype=np.int64),
+                       left_ids=[ids[a] for a, _, _ in chosen], right_ids=[ids[b] for _, b, _ in chosen],
+                       name="mined pairs")
+
+
 # ---------------------------------------------------------------------------------------------- helpers
 def _finish(candidates: Candidates, ids_a: list[str], ids_b: list[str], threshold: float, clustering: str,
             probability: Callable[[np.ndarray], np.ndarray] | None, timings: dict[str, float], *, link: bool,
@@ -274,10 +329,11 @@ def _probability_map(model: Any) -> Callable[[np.ndarray], np.ndarray] | None:
 
 
 def _auto_kind(kind: str, n: int) -> str:
-    """Exact search up to 200k vectors, IVF beyond (near-linear time and flat memory)."""
+    """Exact search up to 200k vectors; beyond, IVF over 8-bit vectors (near-linear time, a quarter of the
+    memory). Candidate scores are recomputed exactly from the embeddings either way."""
     if kind != "auto":
         return kind
-    return "flat" if n <= 200_000 else "ivf"
+    return "flat" if n <= 200_000 else "ivfsq"
 
 
 def _normalised(matrix: np.ndarray) -> np.ndarray:

@@ -56,11 +56,12 @@ class _EmbeddingGraph(nn.Module):
 
 
 def export_onnx(model: SiameseModel | str | os.PathLike[str], folder: str | os.PathLike[str] | None = None, *,
-                quantize: str | None = None, sample: Sequence[str] | None = None,
+                quantize: str | None = None, sample: Sequence[Any] | None = None,
                 opset: int = 17) -> dict[str, Any]:
     """Write ``<folder>/onnx/model.onnx`` (and ``model_int8.onnx`` with ``quantize="int8"``) and a parity report.
 
     ``model`` is a :class:`SiameseModel` or the path of a saved model folder; ``folder`` defaults to that path.
+    ``sample``: records (texts or attribute maps) for the parity check; default: built-in examples.
     Returns the report (also written to ``onnx/export.json``). Raises :class:`TwinnetError` when a parity
     check fails; nothing is left behind in that case.
     """
@@ -80,10 +81,13 @@ def export_onnx(model: SiameseModel | str | os.PathLike[str], folder: str | os.P
     model = model.eval().cpu()
     target = Path(folder) / ONNX_DIR
     target.mkdir(parents=True, exist_ok=True)
-    texts = [t for t in (sample or DEFAULT_SAMPLE) if isinstance(t, str) and t.strip()]
+    # The graph starts at token ids, so the check feeds both sides the model's serialised text (with e.g.
+    # split_codes applied), exactly what the runtime will tokenise.
+    records = [r for r in (sample or DEFAULT_SAMPLE) if isinstance(r, dict) or (isinstance(r, str) and r.strip())]
+    texts = [t for t in model.to_inputs(records) if t.strip()]
     if not texts:
         raise TwinnetError("the parity sample has no non-empty texts")
-    reference = model.embed(texts)
+    reference = model._embed_inputs(texts, batch_size=64)
     report: dict[str, Any] = {"opset": opset, "inputs": ["input_ids", "attention_mask"], "output": "embedding",
                               "normalized": model.normalize, "max_length": model.encoder.max_length,
                               "pooling": model.encoder.pooling, "sample_size": len(texts),
