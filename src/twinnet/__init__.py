@@ -12,7 +12,8 @@ from twinnet.scoring import Decision  # noqa: E402
 # where PyTorch is not installed.
 _LAZY = {"SiameseModel": "twinnet.model", "Trainer": "twinnet.training", "evaluate": "twinnet.evaluation",
          "EvaluationReport": "twinnet.evaluation", "OnnxSiameseModel": "twinnet.runtime",
-         "export_onnx": "twinnet.export"}
+         "export_onnx": "twinnet.export", "VectorIndex": "twinnet.index", "deduplicate": "twinnet.dedup",
+         "link": "twinnet.dedup", "create_app": "twinnet.serve"}
 
 
 def __getattr__(name: str):
@@ -24,4 +25,5 @@ def __getattr__(name: str):
 
 
 __all__ = ["Calibrator", "Decision", "EvaluationReport", "OnnxSiameseModel", "PairDataset", "RecordSerializer",
-           "SiameseModel", "Trainer", "TwinnetError", "__version__", "datasets", "evaluate", "export_onnx"]
+           "SiameseModel", "Trainer", "TwinnetError", "VectorIndex", "__version__", "create_app", "datasets",
+           "deduplicate", "evaluate", "export_onnx", "link"]

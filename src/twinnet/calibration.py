@@ -6,6 +6,9 @@ beside the weights, so a loaded model decides exactly as it did when it was eval
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -157,6 +160,19 @@ class Calibrator:
         if data.get("validation_curve"):
             cal.curve_ = data["validation_curve"]
         return cal
+
+    FILE = "calibration.json"
+
+    @classmethod
+    def read(cls, folder: str | os.PathLike[str]) -> Calibrator | None:
+        """The calibration stored in a model folder, or None when the model was never calibrated."""
+        path = Path(folder) / cls.FILE
+        if not path.exists():
+            return None
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise CalibrationError(f"cannot be read as a calibration ({exc})", file=path) from None
 
     def __repr__(self) -> str:
         fitted = f", threshold_={self.threshold_:.4f}" if hasattr(self, "threshold_") else ""

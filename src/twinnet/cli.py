@@ -578,15 +578,15 @@ def index_build(
         twinnet index build models/abt-buy ../shared/data/er_deepmatcher_tables/Abt-Buy/tableB.csv -o buy-index
     """
     _setup(threads)
-    from twinnet.dedup import _auto_kind
+    from twinnet.dedup import auto_index_kind
     from twinnet.index import VectorIndex
 
     if output.exists() and not overwrite:
         raise TwinnetError("index folder already exists; pass --overwrite to replace it", file=output)
     model = _load_model(model_path, backend, threads)
     ids, vectors = _embed_file(model, records, batch_size=batch_size, ignore=_columns(ignore))
-    index = VectorIndex(vectors.shape[1], kind=_auto_kind(kind, len(ids)), model_fingerprint=model.fingerprint(),
-                        model_name=str(model_path))
+    index = VectorIndex(vectors.shape[1], kind=auto_index_kind(kind, len(ids)),
+                        model_fingerprint=model.fingerprint(), model_name=str(model_path))
     index.add(ids, vectors)
     if metadata:
         from twinnet.io import read_table
@@ -722,6 +722,12 @@ def index_search(
 # ---------------------------------------------------------------------------------------------- dedup / link
 Clustering = Annotated[str, typer.Option(help="centre (default; resists chaining), components (connected "
                                               "components: any chain of matches merges) or one_to_one.")]
+PairsOutput = Annotated[Optional[Path], typer.Option("--pairs", help="Also write the matched pairs (left_id, "
+                                                                     "right_id, score, probability, in_cluster).")]
+Neighbours = Annotated[int, typer.Option("-k", help="Nearest neighbours per record considered as candidates.")]
+ThresholdOverride = Annotated[Optional[float], typer.Option("--threshold", help="Override the stored threshold.")]
+BatchSize = Annotated[int, typer.Option(help="Records per forward pass.")]
+Overwrite = Annotated[bool, typer.Option(help="Replace existing output files.")]
 
 
 def _write_match_result(result, output: Path, pairs_output: Path | None, overwrite: bool) -> None:
@@ -745,16 +751,14 @@ def dedup(
     table: Annotated[Path, typer.Argument(help="Records table: `id` plus a `text` column or attribute columns.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Cluster per record (id, cluster) as "
                                                                 "CSV/JSONL/Parquet.")],
-    pairs_output: Annotated[Optional[Path], typer.Option("--pairs", help="Also write the matched pairs "
-                                                                         "(left_id, right_id, score, "
-                                                                         "probability, in_cluster).")] = None,
-    k: Annotated[int, typer.Option("-k", help="Nearest neighbours per record considered as candidates.")] = 10,
-    threshold: Annotated[Optional[float], typer.Option(help="Override the stored threshold.")] = None,
+    pairs_output: PairsOutput = None,
+    k: Neighbours = 10,
+    threshold: ThresholdOverride = None,
     clustering: Clustering = "centre",
     kind: IndexKind = "auto",
     ignore: Ignore = None,
-    batch_size: Annotated[int, typer.Option(help="Records per forward pass.")] = 64,
-    overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
+    batch_size: BatchSize = 64,
+    overwrite: Overwrite = False,
     backend: Backend = "torch",
     threads: Threads = None,
 ) -> None:
@@ -767,13 +771,13 @@ def dedup(
         twinnet dedup models/products catalogue.csv -o clusters.csv --pairs matches.csv
     """
     _setup(threads)
-    from twinnet.dedup import deduplicate_embeddings
+    from twinnet.dedup import probability_map, deduplicate_embeddings
 
     model = _load_model(model_path, backend, threads)
     cut = model.decision_threshold(threshold)
     ids, vectors = _embed_file(model, table, batch_size=batch_size, ignore=_columns(ignore))
     result = deduplicate_embeddings(vectors, ids, threshold=cut, k=k, clustering=clustering, index_kind=kind,
-                                    probability=model.calibration_.predict_proba if model.calibration_ else None)
+                                    probability=probability_map(model))
     _write_match_result(result, output, pairs_output, overwrite)
 
 
@@ -783,14 +787,14 @@ def link(
     table_a: Annotated[Path, typer.Argument(metavar="A", help="First records table.")],
     table_b: Annotated[Path, typer.Argument(metavar="B", help="Second records table.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Cluster per record (id, source, cluster).")],
-    pairs_output: Annotated[Optional[Path], typer.Option("--pairs", help="Also write the matched A-B pairs.")] = None,
-    k: Annotated[int, typer.Option("-k", help="Nearest records of B per record of A.")] = 10,
-    threshold: Annotated[Optional[float], typer.Option(help="Override the stored threshold.")] = None,
+    pairs_output: PairsOutput = None,
+    k: Neighbours = 10,
+    threshold: ThresholdOverride = None,
     clustering: Clustering = "centre",
     kind: IndexKind = "auto",
     ignore: Ignore = None,
-    batch_size: Annotated[int, typer.Option(help="Records per forward pass.")] = 64,
-    overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
+    batch_size: BatchSize = 64,
+    overwrite: Overwrite = False,
     backend: Backend = "torch",
     threads: Threads = None,
 ) -> None:
@@ -802,15 +806,14 @@ def link(
           --clustering one_to_one
     """
     _setup(threads)
-    from twinnet.dedup import link_embeddings
+    from twinnet.dedup import probability_map, link_embeddings
 
     model = _load_model(model_path, backend, threads)
     cut = model.decision_threshold(threshold)
     ids_a, vectors_a = _embed_file(model, table_a, batch_size=batch_size, ignore=_columns(ignore))
     ids_b, vectors_b = _embed_file(model, table_b, batch_size=batch_size, ignore=_columns(ignore))
     result = link_embeddings(vectors_a, ids_a, vectors_b, ids_b, threshold=cut, k=k, clustering=clustering,
-                             index_kind=kind,
-                             probability=model.calibration_.predict_proba if model.calibration_ else None)
+                             index_kind=kind, probability=probability_map(model))
     _write_match_result(result, output, pairs_output, overwrite)
 
 

@@ -107,7 +107,7 @@ def block(embeddings: np.ndarray, other: np.ndarray | None = None, *, k: int = 1
     stored = queries if other is None else _normalised(other)
     if len(stored) == 0 or len(queries) == 0:
         return Candidates(*_empty_pairs())
-    index = VectorIndex(stored.shape[1], kind=_auto_kind(index_kind, len(stored)), **index_options)
+    index = VectorIndex(stored.shape[1], kind=auto_index_kind(index_kind, len(stored)), **index_options)
     if index.kind.startswith("ivf"):  # train the cells on a random sample, not on whatever comes first
         sample = np.random.default_rng(0).choice(len(stored), min(len(stored), 100_000), replace=False)
         index.train(stored[np.sort(sample)])
@@ -181,7 +181,7 @@ def deduplicate_embeddings(embeddings: np.ndarray, ids: Sequence[Any], *, thresh
     candidates = block(embeddings, k=k, index_kind=index_kind, **index_options)
     timings["block_s"] = time.perf_counter() - started
     return _finish(candidates, ids, ids, threshold, clustering, probability, timings, link=False,
-                   stats={"records": len(ids), "k": k, "index_kind": _auto_kind(index_kind, len(ids))})
+                   stats={"records": len(ids), "k": k, "index_kind": auto_index_kind(index_kind, len(ids))})
 
 
 def link_embeddings(embeddings_a: np.ndarray, ids_a: Sequence[Any], embeddings_b: np.ndarray,
@@ -198,7 +198,7 @@ def link_embeddings(embeddings_a: np.ndarray, ids_a: Sequence[Any], embeddings_b
     timings["block_s"] = time.perf_counter() - started
     return _finish(candidates, ids_a, ids_b, threshold, clustering, probability, timings, link=True,
                    stats={"records_a": len(ids_a), "records_b": len(ids_b), "k": k,
-                          "index_kind": _auto_kind(index_kind, len(ids_b))})
+                          "index_kind": auto_index_kind(index_kind, len(ids_b))})
 
 
 def deduplicate(model: Any, records: Sequence[Any], ids: Sequence[Any] | None = None, *, k: int = 10,
@@ -212,7 +212,7 @@ def deduplicate(model: Any, records: Sequence[Any], ids: Sequence[Any] | None = 
     all_ids, emb = embed_in_chunks(model, _chunks(ids, records, chunk_size), batch_size=batch_size, progress=progress)
     embed_s = time.perf_counter() - started
     result = deduplicate_embeddings(emb, all_ids, threshold=cut, k=k, clustering=clustering,
-                                    probability=_probability_map(model), index_kind=index_kind)
+                                    probability=probability_map(model), index_kind=index_kind)
     result.stats["embed_s"] = embed_s
     return result
 
@@ -232,7 +232,7 @@ def link(model: Any, records_a: Sequence[Any], records_b: Sequence[Any], ids_a: 
                                    progress=progress)
     embed_s = time.perf_counter() - started
     result = link_embeddings(a_emb, a_ids, b_emb, b_ids, threshold=cut, k=k, clustering=clustering,
-                             probability=_probability_map(model), index_kind=index_kind)
+                             probability=probability_map(model), index_kind=index_kind)
     result.stats["embed_s"] = embed_s
     return result
 
@@ -324,11 +324,11 @@ def _chunks(ids: Sequence[Any], records: Sequence[Any], size: int) -> Iterable[t
         yield ids[start: start + size], records[start: start + size]
 
 
-def _probability_map(model: Any) -> Callable[[np.ndarray], np.ndarray] | None:
+def probability_map(model: Any) -> Callable[[np.ndarray], np.ndarray] | None:
     return model.calibration_.predict_proba if getattr(model, "calibration_", None) is not None else None
 
 
-def _auto_kind(kind: str, n: int) -> str:
+def auto_index_kind(kind: str, n: int) -> str:
     """Exact search up to 200k vectors; beyond, IVF over 8-bit vectors (near-linear time, a quarter of the
     memory). Candidate scores are recomputed exactly from the embeddings either way."""
     if kind != "auto":

@@ -117,22 +117,20 @@ def not_utf8(path: Path) -> TwinnetError:
                         file=path, row=raw[:start].count(b"\n") + 1)
 
 
-def read_table(path: str | os.PathLike[str], **csv_options: Any) -> pd.DataFrame:
-    """Read CSV, TSV, JSONL or Parquet into a DataFrame of strings, with errors that name the file."""
+def _table_path(path: str | os.PathLike[str]) -> tuple[Path, str]:
     path = Path(path)
     if not path.exists():
         raise TwinnetError("file not found", file=path)
     if path.is_dir():
         raise TwinnetError("expected a file but found a folder", file=path)
-    kind = table_format(path)
+    return path, table_format(path)
+
+
+@contextlib.contextmanager
+def _table_errors(path: Path, kind: str) -> Iterator[None]:
+    """Turn pandas' reading errors into one line that names the file."""
     try:
-        if kind in ("csv", "tsv"):
-            return pd.read_csv(path, sep="\t" if kind == "tsv" else ",", dtype=str,
-                               keep_default_na=False, na_values=[""], encoding="utf-8",
-                               encoding_errors="strict", **csv_options)
-        if kind == "jsonl":
-            return pd.read_json(path, lines=True, dtype=False, encoding="utf-8")
-        return pd.read_parquet(path)
+        yield
     except UnicodeDecodeError:
         raise not_utf8(path) from None
     except pd.errors.EmptyDataError:
@@ -141,16 +139,26 @@ def read_table(path: str | os.PathLike[str], **csv_options: Any) -> pd.DataFrame
         raise TwinnetError(f"cannot be parsed as {kind}: {str(exc).splitlines()[0]}", file=path) from None
 
 
+def _csv_options(kind: str) -> dict[str, Any]:
+    return {"sep": "\t" if kind == "tsv" else ",", "dtype": str, "keep_default_na": False, "na_values": [""],
+            "encoding": "utf-8", "encoding_errors": "strict"}
+
+
+def read_table(path: str | os.PathLike[str], **csv_options: Any) -> pd.DataFrame:
+    """Read CSV, TSV, JSONL or Parquet into a DataFrame of strings, with errors that name the file."""
+    path, kind = _table_path(path)
+    with _table_errors(path, kind):
+        if kind in ("csv", "tsv"):
+            return pd.read_csv(path, **{**_csv_options(kind), **csv_options})
+        if kind == "jsonl":
+            return pd.read_json(path, lines=True, dtype=False, encoding="utf-8")
+        return pd.read_parquet(path)
+
 def iter_table(path: str | os.PathLike[str], chunk_rows: int = 50_000) -> Iterator[pd.DataFrame]:
     """Read a table in chunks of ``chunk_rows`` rows (strings, as :func:`read_table`), so a large
     collection never has to sit in memory as a whole DataFrame."""
-    path = Path(path)
-    if not path.exists():
-        raise TwinnetError("file not found", file=path)
-    if path.is_dir():
-        raise TwinnetError("expected a file but found a folder", file=path)
-    kind = table_format(path)
-    try:
+    path, kind = _table_path(path)
+    with _table_errors(path, kind):
         if kind == "parquet":
             import pyarrow.parquet as pq
 
@@ -160,13 +168,19 @@ def iter_table(path: str | os.PathLike[str], chunk_rows: int = 50_000) -> Iterat
         if kind == "jsonl":
             reader = pd.read_json(path, lines=True, dtype=False, encoding="utf-8", chunksize=chunk_rows)
         else:
-            reader = pd.read_csv(path, sep="\t" if kind == "tsv" else ",", dtype=str, keep_default_na=False,
-                                 na_values=[""], encoding="utf-8", encoding_errors="strict", chunksize=chunk_rows)
+            reader = pd.read_csv(path, chunksize=chunk_rows, **_csv_options(kind))
         with reader:
             yield from reader
-    except UnicodeDecodeError:
-        raise not_utf8(path) from None
-    except pd.errors.EmptyDataError:
-        raise TwinnetError("file is empty", file=path) from None
-    except (pd.errors.ParserError, ValueError) as exc:
-        raise TwinnetError(f"cannot be parsed as {kind}: {str(exc).splitlines()[0]}", file=path) from None
+
+
+def read_model_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``twinnet`` section of a model folder's ``config.json``."""
+    folder = Path(folder)
+    config_file = folder / "config.json"
+    if not config_file.exists():
+        raise TwinnetError("not a twinnet model folder (no config.json)", file=folder)
+    try:
+        return json.loads(config_file.read_text())["twinnet"]
+    except (KeyError, json.JSONDecodeError):
+        raise TwinnetError("config.json has no 'twinnet' section: this is a plain encoder, not a trained twinnet "
+                           "model; use SiameseModel.for_text(path) to start from it", file=folder) from None

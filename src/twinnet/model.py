@@ -19,7 +19,7 @@ from twinnet.calibration import Calibrator
 from twinnet.data.records import RecordSerializer
 from twinnet.encoders import DEFAULT_TEXT_MODEL, ENCODERS, Encoder, TextEncoder
 from twinnet.errors import TwinnetError
-from twinnet.io import atomic_folder
+from twinnet.io import atomic_folder, read_model_config
 from twinnet.scoring import Decision, PairScorer, Truncation, unique_inputs
 
 __all__ = ["Decision", "SiameseModel", "Truncation"]
@@ -148,22 +148,15 @@ class SiameseModel(PairScorer, nn.Module):
     def load(cls, path: str | os.PathLike[str], *, device: str | None = None) -> SiameseModel:
         """Load a model folder written by :meth:`save` (safetensors and JSON only; nothing unpickled)."""
         folder = Path(path)
+        config = read_model_config(folder)
         config_file = folder / "config.json"
-        if not config_file.exists():
-            raise TwinnetError("not a twinnet model folder (no config.json)", file=folder)
-        try:
-            config = json.loads(config_file.read_text())["twinnet"]
-        except (KeyError, json.JSONDecodeError):
-            raise TwinnetError("config.json has no 'twinnet' section: this is a plain encoder, not a trained "
-                               "twinnet model; use SiameseModel.for_text(path) to start from it", file=folder) from None
         kind = config["encoder"]["type"]
         if kind not in ENCODERS:
             raise TwinnetError(f"unknown encoder type {kind!r}", file=config_file)
         encoder = ENCODERS[kind].load(folder, config["encoder"])
         model = cls(encoder, normalize=config["normalize"], similarity=config["similarity"],
                     serializer=RecordSerializer.from_dict(config.get("serialization", {})))
-        if (folder / "calibration.json").exists():
-            model.calibration_ = Calibrator.from_dict(json.loads((folder / "calibration.json").read_text()))
+        model.calibration_ = Calibrator.read(folder)
         if (folder / "training.json").exists():
             model.card_ = json.loads((folder / "training.json").read_text())
         model.eval()

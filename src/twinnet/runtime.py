@@ -19,6 +19,7 @@ import numpy as np
 from twinnet.calibration import Calibrator
 from twinnet.data.records import RecordSerializer
 from twinnet.errors import TwinnetError
+from twinnet.io import read_model_config
 from twinnet.scoring import PairScorer, Truncation, unique_inputs
 
 ONNX_DIR = "onnx"
@@ -129,13 +130,8 @@ class OnnxSiameseModel(PairScorer):
              threads: int | None = None) -> OnnxSiameseModel:
         """Load ``path`` (a model folder exported with ``twinnet export``); ``quantized`` picks the int8 graph."""
         folder = Path(path)
+        config = read_model_config(folder)
         config_file = folder / "config.json"
-        if not config_file.exists():
-            raise TwinnetError("not a twinnet model folder (no config.json)", file=folder)
-        try:
-            config = json.loads(config_file.read_text())["twinnet"]
-        except (KeyError, json.JSONDecodeError):
-            raise TwinnetError("config.json has no 'twinnet' section", file=config_file) from None
         if config["encoder"].get("type") != "text":
             raise TwinnetError("the ONNX runtime runs text models only", file=config_file)
         precision = "int8" if quantized else "fp32"
@@ -144,9 +140,7 @@ class OnnxSiameseModel(PairScorer):
             flag = " --quantize int8" if quantized else ""
             raise TwinnetError(f"no exported {precision} graph; run `twinnet export {folder}{flag}` first",
                                file=graph)
-        calibration = None
-        if (folder / "calibration.json").exists():
-            calibration = Calibrator.from_dict(json.loads((folder / "calibration.json").read_text()))
+        calibration = Calibrator.read(folder)
         model = cls(OnnxSession(graph, threads=threads), FastTokenizer(folder, config["encoder"]["max_length"]),
                     config, calibration=calibration, precision=precision)
         if (folder / "training.json").exists():
