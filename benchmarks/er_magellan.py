@@ -44,7 +44,8 @@ TITLES = {"abt-buy": "Abt-Buy", "amazon-google": "Amazon-Google", "dblp-acm": "D
           "wdc-computers": "WDC-computers"}
 
 
-def run_one(name: str, epochs: int, threads: int, positive_batch: int = 0, learning_rate: float = 0.0) -> list[dict]:
+def run_one(name: str, epochs: int, threads: int, positive_batch: int = 0, learning_rate: float = 0.0,
+            hard_negatives: int = 0) -> list[dict]:
     import torch
 
     from twinnet import SiameseModel, Trainer, datasets
@@ -84,7 +85,7 @@ def run_one(name: str, epochs: int, threads: int, positive_batch: int = 0, learn
     model = SiameseModel.for_text(max_length=recipe["max_length"], serializer=serializer)
     settings = {**TRAINING, "epochs": epochs or recipe.get("epochs", TRAINING["epochs"]),
                 "positive_batch_size": positive_batch,
-                "learning_rate": learning_rate or TRAINING["learning_rate"]}
+                "learning_rate": learning_rate or TRAINING["learning_rate"], "hard_negatives": hard_negatives}
     Trainer(model, progress=False, **settings).fit(train, valid)
     wall = time.perf_counter() - start
     report = evaluate(model, test, bootstrap=0, train=train)
@@ -143,11 +144,13 @@ def main() -> None:
     parser.add_argument("--positive-batch", type=int, default=0,
                         help="also train on batches of this many same pairs (Trainer.positive_batch_size)")
     parser.add_argument("--lr", type=float, default=0.0, help="override the learning rate")
+    parser.add_argument("--hard-negatives", type=int, default=0, help="Trainer.hard_negatives (model-mined)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--collect", nargs="*", help="write the results file from saved `--one` outputs")
     args = parser.parse_args()
     if args.one:
-        print("RESULTS " + json.dumps(run_one(args.one, args.epochs, args.threads, args.positive_batch, args.lr)), flush=True)
+        print("RESULTS " + json.dumps(run_one(args.one, args.epochs, args.threads, args.positive_batch, args.lr,
+                                                args.hard_negatives)), flush=True)
         return
     if args.collect is not None:  # datasets run as separate `--one` processes (e.g. two at a time)
         results = [row for file in args.collect for line in Path(file).read_text().splitlines()

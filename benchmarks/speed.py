@@ -1,7 +1,8 @@
 """CPU encoding speed, side by side in one run: sentence-transformers ``encode`` vs twinnet (PyTorch, ONNX fp32,
 ONNX int8) on the same trained model folder, the same records, batch size and thread count.
 
-Records: the Abt-Buy and Amazon-Google tables (tableA + tableB), serialised with the model's own serialiser.
+Records: the Abt-Buy and Amazon-Google tables (tableA + tableB), serialised as in the ER-Magellan recipes; every
+backend gets the same texts.
 Quality: Abt-Buy test F1 of each backend with the model's stored threshold (never re-tuned).
 
     python benchmarks/speed.py --model models/abt-buy            # after scripts/main_job.sh
@@ -22,14 +23,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from common import RESULTS, write_results  # noqa: E402
 
 DATASETS = {"abt-buy": "Abt-Buy", "amazon-google": "Amazon-Google"}
+# How each table's records become text: the attributes of the ER-Magellan recipes (benchmarks/er_magellan.py).
+ATTRIBUTES = {"abt-buy": ["name", "price"], "amazon-google": ["title", "manufacturer", "price"]}
 
 
-def table_records(name: str) -> list:
-    from twinnet.data import registry
+def table_texts(name: str) -> list[str]:
+    from twinnet.data import RecordSerializer, registry
     from twinnet.data.readers import read_records
 
     folder = registry.path(name)
-    return read_records(folder / "tableA.csv")[1] + read_records(folder / "tableB.csv")[1]
+    serializer = RecordSerializer(attributes=ATTRIBUTES[name], split_codes=True)
+    records = read_records(folder / "tableA.csv")[1] + read_records(folder / "tableB.csv")[1]
+    return serializer.serialize_many(records)
 
 
 def timed(fn, repeats: int) -> float:
@@ -76,13 +81,14 @@ def main() -> None:
     threshold = model.calibration_.threshold_
     results = []
     for name, title in DATASETS.items():
-        texts = model.to_inputs(table_records(name))[: args.limit or None]
+        texts = table_texts(name)[: args.limit or None]
         # Both sides get the same texts; twinnet's own de-duplication of repeated texts is part of what it does.
         st_seconds = timed(lambda: reference.encode(texts, batch_size=args.batch_size, normalize_embeddings=True,
                                                     show_progress_bar=False, convert_to_numpy=True), args.repeats)
         st_rate = len(texts) / st_seconds
         results.append({"dataset": title, "method": "sentence-transformers", "metric": "records_per_s",
-                        "value": round(st_rate, 1), "records": len(texts), "wall_s": round(st_seconds, 2),
+                        "value": round(st_rate, 1), "records": len(texts), "distinct_records": len(set(texts)),
+                        "wall_s": round(st_seconds, 2),
                         "threads": args.threads, "batch_size": args.batch_size})
         for backend, runner in backends.items():
             seconds = timed(lambda: runner.embed(texts, batch_size=args.batch_size), args.repeats)

@@ -75,6 +75,8 @@ def test_embed_equals_the_library_and_accepts_records(client, calibrated):
     (["ok", {"name": float("nan")}], 1, "finite"),
     (["ok", None], 1, None),
     (["ok", 5], 1, None),
+    (["hello", float("nan")], 1, None),  # case C10: a missing value in a batch
+    (["hello", "   "], 1, "empty"),      # case C11: empty after stripping
 ])
 def test_bad_items_give_422_naming_the_item(client, bad, item, fragment):
     payload = json.dumps({"inputs": bad}, allow_nan=True)  # JSON with NaN / lone surrogate, as a client may send

@@ -89,3 +89,34 @@ def test_epoch_batches_add_positive_only_batches():
     counts = np.bincount(np.concatenate(batches), minlength=len(pairs))
     assert (counts[pairs.labels == 1] == 2).all() and (counts[pairs.labels == 0] == 1).all()
     assert sum(bool((pairs.labels[b] == 1).all()) and len(b) == 6 for b in batches) >= 4
+
+
+def test_mined_negatives_are_other_entities_below_the_positive_by_the_margin():
+    from twinnet.training import mine_hard_negatives
+
+    # rows 0, 1 are left records; 2..6 right records. Pairs: (0,2) same, (1,3) same, (0,4) labelled different.
+    emb = np.array([[1.0, 0.0], [0.0, 1.0], [0.9, 0.436], [0.1, 0.995], [0.8, 0.6], [0.95, 0.312], [0.6, 0.8]])
+    emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    left, right = np.array([0, 1, 0]), np.array([2, 3, 4])
+    labels = np.array([1, 1, 0])
+    entity = np.array([0, 1, 0, 1, 2, 3, 4])
+    anchors, negatives = mine_hard_negatives(emb, left, right, labels, entity, per_anchor=2, k=5, margin=0.05)
+    pairs = set(zip(anchors.tolist(), negatives.tolist()))
+    # right-side candidates are only records that appear on the right (2, 3, 4): 4 is already labelled for 0,
+    # 3 is anchor 1's own entity; so anchor 0 may take 3 (0.1 < 0.9 - 0.05), anchor 1 may take 4 and 2
+    assert pairs == {(0, 3), (1, 4), (1, 2)}
+    # a candidate scoring as high as the anchor's positive is a likely false negative: dropped
+    close = emb.copy()
+    close[4] = close[3]  # record 4 now looks exactly like anchor 1's match
+    anchors, negatives = mine_hard_negatives(close, left, right, labels, entity, per_anchor=2, k=5, margin=0.05)
+    assert (1, 4) not in set(zip(anchors.tolist(), negatives.tolist()))
+
+
+def test_training_with_hard_negatives_adds_pairs_and_stays_deterministic(tokenizer):
+    # margin -1 keeps every candidate: the untrained tiny model scores negatives as high as positives
+    a, trainer, train, valid = _train(tokenizer, epochs=2, hard_negatives=1, mining_k=5, mining_margin=-1.0)
+    mined = [h["mined_negatives"] for h in trainer.history_[1:]]
+    assert all(m > 0 for m in mined)
+    assert trainer.history_[1]["pairs"] == len(train) + mined[0]
+    b, _, _, _ = _train(tokenizer, epochs=2, hard_negatives=1, mining_k=5, mining_margin=-1.0)
+    assert np.array_equal(a.score_pairs(valid), b.score_pairs(valid))

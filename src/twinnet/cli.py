@@ -142,6 +142,9 @@ def train(
     positive_batch: Annotated[int, typer.Option(help="Also train each epoch on batches of this many 'same' pairs "
                                                      "only, so in-batch negatives come from other entities "
                                                      "(0 = off).")] = 0,
+    hard_negatives: Annotated[int, typer.Option(help="Before each epoch, add up to this many model-mined 'different' "
+                                                     "pairs per matched record: its nearest records of other "
+                                                     "entities (0 = off).")] = 0,
     learning_rate: Annotated[float, typer.Option("--lr", help="AdamW learning rate.")] = 5e-5,
     max_length: Annotated[int, typer.Option(help="Tokens per record; longer ones are truncated and counted.")] = 48,
     attributes: Annotated[Optional[str], typer.Option(help="Attributes to serialise, in order, comma-separated "
@@ -197,7 +200,7 @@ def train(
     siamese = SiameseModel.for_text(model, max_length=max_length, serializer=_serializer(attributes, style, max_chars, split_codes))
     trainer = Trainer(siamese, loss=loss, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                       seed=seed, calibration=calibration, calibration_target=target, probability=probability,
-                      cost_ratio=cost_ratio, positive_batch_size=positive_batch,
+                      cost_ratio=cost_ratio, positive_batch_size=positive_batch, hard_negatives=hard_negatives,
                       log_file=log_file)
     trainer.fit(train_pairs, valid_pairs)
     card = siamese.card_["train"]
@@ -591,7 +594,7 @@ def index_build(
     if metadata:
         from twinnet.io import read_table
 
-        index.set_metadata(read_table(records).astype(str))
+        index.set_metadata(read_table(records).fillna("").astype(str))
     _save_index(index, output, model_path)
     console.print(f"indexed {len(index)} records ({index.kind}, {index.dimension} dimensions) in {output}")
 
@@ -621,7 +624,7 @@ def index_add(
     if index.metadata is not None:
         from twinnet.io import read_table
 
-        index.set_metadata(read_table(records).astype(str))
+        index.set_metadata(read_table(records).fillna("").astype(str))
     _save_index(index, index_dir, model_path)
     console.print(f"added {len(ids) - replaced} and replaced {replaced} records; the index holds {len(index)}")
 

@@ -40,6 +40,7 @@ from twinnet.scoring import PairScorer, cosine_rows
 access_log = logging.getLogger("twinnet.access")
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 API_KEY_ENV = "TWINNET_API_KEY"
+FORWARD_BATCH = 64
 
 Item = Union[str, dict[str, Union[str, int, float, None]]]
 
@@ -232,7 +233,9 @@ class MicroBatcher:
                 start = end
 
     def _encode(self, inputs: list[Any]) -> tuple[np.ndarray, np.ndarray]:
-        emb = self.model._embed_inputs(inputs, batch_size=max(self.max_batch, 1))
+        # One pass may join many requests' inputs; the model sorts them by length and runs them in slices of
+        # FORWARD_BATCH, so short inputs are not padded to the longest of the whole pass.
+        emb = self.model._embed_inputs(inputs, batch_size=min(self.max_batch, FORWARD_BATCH))
         return emb, self.model.last_tokens_cut
 
 

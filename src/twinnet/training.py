@@ -47,10 +47,15 @@ def entity_labels(pairs: PairDataset) -> dict[str, int]:
     return {rid: roots.setdefault(groups.find(rid), len(roots)) for rid in sorted(pairs.record_ids())}
 
 
-def grouped_batches(pairs: PairDataset, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
-    """Pair indices in batches of about ``batch_size`` pairs, keeping each left record's pairs together."""
+def grouped_batches(left_ids: PairDataset | list[str], batch_size: int,
+                    rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Pair indices in batches of about ``batch_size`` pairs, keeping each left record's pairs together.
+
+    ``left_ids``: the left record id of every pair (or a :class:`PairDataset`)."""
+    if isinstance(left_ids, PairDataset):
+        left_ids = left_ids.left_ids
     groups: dict[str, list[int]] = {}
-    for i, lid in enumerate(pairs.left_ids):
+    for i, lid in enumerate(left_ids):
         groups.setdefault(lid, []).append(i)
     order = list(groups.values())
     rng.shuffle(order)
@@ -64,19 +69,58 @@ def grouped_batches(pairs: PairDataset, batch_size: int, rng: np.random.Generato
         yield np.asarray(batch)
 
 
-def epoch_batches(pairs: PairDataset, batch_size: int, positive_batch_size: int,
+def epoch_batches(pairs: PairDataset | tuple[list[str], np.ndarray], batch_size: int, positive_batch_size: int,
                   rng: np.random.Generator) -> list[np.ndarray]:
     """One epoch's batches: the grouped batches, plus (when ``positive_batch_size`` > 0) batches of "same"
-    pairs only, where every other record of the batch is an in-batch negative. Shuffled together."""
-    batches = list(grouped_batches(pairs, batch_size, rng))
+    pairs only, where every other record of the batch is an in-batch negative. Shuffled together.
+
+    ``pairs``: a :class:`PairDataset`, or ``(left_ids, labels)`` of the epoch's pairs."""
+    left_ids, labels = (pairs.left_ids, pairs.labels) if isinstance(pairs, PairDataset) else pairs
+    batches = list(grouped_batches(left_ids, batch_size, rng))
     if positive_batch_size > 0:
-        positives = np.nonzero(pairs.labels == 1)[0]
+        positives = np.nonzero(labels == 1)[0]
         positives = positives[rng.permutation(len(positives))]
         batches += [positives[i: i + positive_batch_size] for i in range(0, len(positives), positive_batch_size)
                     if len(positives[i: i + positive_batch_size]) > 1]
         order = rng.permutation(len(batches))
         batches = [batches[i] for i in order]
     return batches
+
+
+def mine_hard_negatives(embeddings: np.ndarray, left_rows: np.ndarray, right_rows: np.ndarray,
+                        labels: np.ndarray, entity_of_row: np.ndarray, *, per_anchor: int = 2, k: int = 10,
+                        margin: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """Negatives for each left record that has a "same" pair: its nearest right-side records (``k`` per anchor,
+    by the current model) that belong to another entity and are not already a labelled pair.
+
+    Likely false negatives -- an unlabelled record that scores as high as the anchor's own match -- are dropped:
+    a candidate is kept only when its score is at least ``margin`` below the anchor's weakest positive score.
+    Returns ``(anchor_rows, negative_rows)``, the hardest first for each anchor.
+    """
+    from twinnet.dedup import block
+
+    positive = labels == 1
+    anchors = np.unique(left_rows[positive])
+    candidates = np.unique(right_rows)
+    if len(anchors) == 0 or len(candidates) == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    weakest = {}
+    for a, b in zip(left_rows[positive].tolist(), right_rows[positive].tolist()):
+        score = float(embeddings[a] @ embeddings[b])
+        weakest[a] = min(weakest.get(a, score), score)
+    labelled = set(zip(left_rows.tolist(), right_rows.tolist()))
+    found = block(embeddings[anchors], embeddings[candidates], k=min(k, len(candidates)))
+    order = np.lexsort((-found.scores, found.left))
+    mined_a, mined_n, taken = [], [], {}
+    for i, j, score in zip(found.left[order].tolist(), found.right[order].tolist(), found.scores[order].tolist()):
+        a, n = int(anchors[i]), int(candidates[j])
+        if (taken.get(a, 0) >= per_anchor or a == n or entity_of_row[a] == entity_of_row[n]
+                or (a, n) in labelled or score > weakest[a] - margin):
+            continue
+        taken[a] = taken.get(a, 0) + 1
+        mined_a.append(a)
+        mined_n.append(n)
+    return np.asarray(mined_a, dtype=np.int64), np.asarray(mined_n, dtype=np.int64)
 
 
 class Trainer:
@@ -94,6 +138,9 @@ class Trainer:
     select_best: keep the epoch (0 = before training) with the best validation F1.
     positive_batch_size: when > 0, each epoch also trains on batches of this many "same" pairs only, so
         in-batch-negative losses see many positives against many (easier) negatives.
+    hard_negatives: when > 0, before each epoch the current model embeds the training records and each left
+        record with a "same" pair gets up to this many extra "different" pairs: its nearest right-side records
+        of other entities (see :func:`mine_hard_negatives`; ``mining_k`` neighbours, ``mining_margin``).
     """
 
     def __init__(self, model: SiameseModel, loss: str | TwinLoss = "online_contrastive+multiple_negatives", *,
@@ -101,7 +148,9 @@ class Trainer:
                  weight_decay: float = 0.01, max_grad_norm: float = 1.0, seed: int = 42,
                  calibration: str = "max_f1", probability: str = "auto", calibration_target: float | None = None,
                  cost_ratio: float = 1.0,
-                 select_best: bool = True, positive_batch_size: int = 0, loss_params: dict[str, Any] | None = None, device: str | None = None,
+                 select_best: bool = True, positive_batch_size: int = 0, hard_negatives: int = 0,
+                 mining_k: int = 10, mining_margin: float = 0.05,
+                 loss_params: dict[str, Any] | None = None, device: str | None = None,
                  log_file: str | Path | None = None, progress: bool = True, eval_batch_size: int = 128) -> None:
         self.model = model
         self.loss = loss
@@ -118,6 +167,9 @@ class Trainer:
         self.cost_ratio = cost_ratio
         self.select_best = select_best
         self.positive_batch_size = positive_batch_size
+        self.hard_negatives = hard_negatives
+        self.mining_k = mining_k
+        self.mining_margin = mining_margin
         self.loss_params = loss_params or {}
         self.device = device
         self.log_file = log_file
@@ -148,7 +200,11 @@ class Trainer:
 
         steps_per_epoch = len(epoch_batches(train, self.batch_size, self.positive_batch_size,
                                             np.random.default_rng(0)))
+        if self.hard_negatives > 0:  # at most this many mined pairs join each epoch
+            anchors = len(np.unique(left_rows[train.labels == 1]))
+            steps_per_epoch += -(-anchors * self.hard_negatives // self.batch_size)
         total_steps = max(1, steps_per_epoch * self.epochs)
+        left_id_of_row = {int(r): lid for r, lid in zip(left_rows.tolist(), train.left_ids)}
         optimizer = torch.optim.AdamW(model.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
         warmup = int(self.warmup_ratio * total_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -160,22 +216,36 @@ class Trainer:
             best_f1_value = self._valid_f1(model, valid)
             best_state = copy.deepcopy(model.state_dict())
             self._log({"epoch": 0, "valid_best_f1": best_f1_value})
-        skipped = 0
+        skipped, steps_done = 0, 0
         started = time.perf_counter()
         with _progress(self.progress) as bar:
             task = bar.add_task("training", total=total_steps, loss=float("nan"), speed=0.0)
             for epoch in range(1, self.epochs + 1):
+                epoch_left, epoch_right, epoch_labels, epoch_ids = left_rows, right_rows, train.labels, train.left_ids
+                mined = 0
+                if self.hard_negatives > 0:
+                    anchor, negative = mine_hard_negatives(
+                        model._embed_inputs(unique_texts, batch_size=self.eval_batch_size), left_rows, right_rows,
+                        train.labels, entity_of_row, per_anchor=self.hard_negatives, k=self.mining_k,
+                        margin=self.mining_margin)
+                    mined = len(anchor)
+                    epoch_left, epoch_right = np.r_[left_rows, anchor], np.r_[right_rows, negative]
+                    epoch_labels = np.r_[train.labels, np.zeros(mined, dtype=np.int64)]
+                    epoch_ids = list(train.left_ids) + [left_id_of_row[int(r)] for r in anchor]
                 model.train()
                 epoch_start, losses, pairs_seen, encoded = time.perf_counter(), [], 0, 0
-                for index in epoch_batches(train, self.batch_size, self.positive_batch_size, rng):
-                    rows = np.unique(np.r_[left_rows[index], right_rows[index]])
+                batches = epoch_batches((epoch_ids, epoch_labels), self.batch_size, self.positive_batch_size, rng)
+                # the bar's total follows the real number of batches (mining changes it from epoch to epoch)
+                bar.update(task, total=steps_done + len(batches) + (self.epochs - epoch) * steps_per_epoch)
+                for index in batches:
+                    rows = np.unique(np.r_[epoch_left[index], epoch_right[index]])
                     local = {r: i for i, r in enumerate(rows)}
                     features = {k: v.to(device) for k, v in model.encoder.collate([prepared[r] for r in rows]).items()}
                     embeddings = model(features)
                     labels = torch.as_tensor(entity_of_row[rows], device=device)
-                    a = torch.as_tensor([local[r] for r in left_rows[index]], device=device)
-                    b = torch.as_tensor([local[r] for r in right_rows[index]], device=device)
-                    y = torch.as_tensor(train.labels[index], device=device)
+                    a = torch.as_tensor([local[r] for r in epoch_left[index]], device=device)
+                    b = torch.as_tensor([local[r] for r in epoch_right[index]], device=device)
+                    y = torch.as_tensor(epoch_labels[index], device=device)
                     distinct = a != b
                     pos, neg = (y == 1), (y == 0) & distinct
                     loss = loss_fn(embeddings, labels, (a[pos], b[pos], a[neg], b[neg]))
@@ -195,11 +265,13 @@ class Trainer:
                     pairs_seen += len(index)
                     encoded += len(rows)
                     speed = pairs_seen / max(time.perf_counter() - epoch_start, 1e-9)
+                    steps_done += 1
                     bar.update(task, advance=1, loss=float(np.mean(losses[-20:])), speed=speed,
                                description=f"epoch {epoch}/{self.epochs}")
                 seconds = time.perf_counter() - epoch_start
                 valid_f1 = self._valid_f1(model, valid) if valid is not None else None
                 record = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                          "mined_negatives": mined,
                           "valid_best_f1": valid_f1, "pairs_per_s": pairs_seen / max(seconds, 1e-9),
                           "records_encoded": encoded, "pairs": pairs_seen, "seconds": seconds}
                 self._log(record)
@@ -230,7 +302,9 @@ class Trainer:
         return {"loss": loss, "loss_params": self.loss_params, "epochs": self.epochs, "batch_size": self.batch_size,
                 "learning_rate": self.learning_rate, "warmup_ratio": self.warmup_ratio,
                 "weight_decay": self.weight_decay, "seed": self.seed, "calibration": self.calibration,
-                "probability": self.probability, "positive_batch_size": self.positive_batch_size, "max_length": getattr(self.model.encoder, "max_length", None)}
+                "probability": self.probability, "positive_batch_size": self.positive_batch_size,
+                "hard_negatives": self.hard_negatives, "mining_k": self.mining_k, "mining_margin": self.mining_margin,
+                "max_length": getattr(self.model.encoder, "max_length", None)}
 
     # ------------------------------------------------------------------ helpers
     def _validate(self, train: PairDataset, valid: PairDataset | None) -> None:
