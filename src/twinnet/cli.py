@@ -83,6 +83,49 @@ def _serializer(attributes: str | None, style: str, max_chars: int, split_codes:
         raise TwinnetError(str(exc)) from None
 
 
+# ---------------------------------------------------------------------------------------------- image data
+def _is_image_data(data: str) -> bool:
+    """An image folder / zip archive, or a pair or triplet list whose cells are image paths."""
+    from twinnet.data.images import is_image_collection, is_image_pair_file
+
+    path = Path(data)
+    if is_image_collection(data):
+        return True
+    return path.is_file() and path.suffix.lower() in (".csv", ".tsv", ".jsonl", ".parquet") and \
+        is_image_pair_file(path)
+
+
+def _image_split_settings(card: dict, data: str) -> dict | None:
+    """The identity split stored in a model card when it was trained on the same image folder."""
+    stored = (card or {}).get("image_data") or {}
+    if stored.get("source") and Path(stored["source"]).resolve() == Path(data.partition("::")[0]).resolve():
+        return stored
+    return None
+
+
+def _image_evaluation_pairs(siamese, data: str, split: str, seed: int = 0):
+    """Labelled pairs to evaluate an image model on: a pair/triplet list as it is, or from an image folder the
+    identities of ``split`` (the stored identity split when the model was trained on this folder; ``all`` =
+    every identity)."""
+    from twinnet.data.images import is_image_collection, read_image_folder, read_image_pairs
+
+    if not is_image_collection(data):
+        return read_image_pairs(data)
+    collection = read_image_folder(data)
+    if split != "all":
+        stored = _image_split_settings(siamese.card_, data)
+        if stored is None:
+            raise TwinnetError(f"--split {split} needs the identity split of training, but this model was not trained "
+                               "on this image folder; pass --split all to evaluate on every identity", file=data)
+        parts = dict(zip(("train", "valid", "test"), collection.split(stored["valid_identities"],
+                                                                      stored["test_identities"],
+                                                                      seed=stored["split_seed"])))
+        if split not in parts:
+            raise TwinnetError(f"--split must be train, valid, test or all for an image folder, got {split!r}")
+        collection = parts[split]
+    return collection.verification_pairs(negatives_per_positive=1.0, seed=seed)
+
+
 Backend = Annotated[str, typer.Option("--backend", help="`torch`, `onnx` (fp32 graph from `twinnet export`) or "
                                                       "`onnx-int8` (the quantised graph).")]
 
@@ -145,7 +188,30 @@ def train(
     hard_negatives: Annotated[int, typer.Option(help="Before each epoch, add up to this many model-mined 'different' "
                                                      "pairs per matched record: its nearest records of other "
                                                      "entities (0 = off).")] = 0,
-    learning_rate: Annotated[float, typer.Option("--lr", help="AdamW learning rate.")] = 5e-5,
+    learning_rate: Annotated[Optional[float], typer.Option("--lr", help="AdamW learning rate (default 5e-5 for "
+                                                                        "text, 1e-3 for image encoders).")] = None,
+    encoder: Annotated[str, typer.Option(help="`text` (a transformer, --model), or an image CNN built from "
+                                              "scratch: `koch` or `resnet`.")] = "text",
+    image_size: Annotated[int, typer.Option(help="Image encoders: pixels per side; every image is resized to "
+                                                 "it.")] = 35,
+    channels: Annotated[int, typer.Option(help="Image encoders: 1 (grey) or 3 (RGB).")] = 1,
+    embedding_dim: Annotated[int, typer.Option(help="Image encoders: embedding size.")] = 128,
+    augment: Annotated[bool, typer.Option(help="Image encoders: random rotation, shear, scale, shift, brightness "
+                                               "and contrast while training.")] = True,
+    invert: Annotated[bool, typer.Option(help="Image encoders: use 1 - pixel (dark ink on white paper).")] = False,
+    resize: Annotated[str, typer.Option(help="Image encoders: `stretch` to the size, or `crop` the centre to its "
+                                             "aspect first.")] = "stretch",
+    backbone_weights: Annotated[Optional[Path], typer.Option(help="Image encoders: initialise the convolutional "
+                                                                  "layers from this .safetensors file.")] = None,
+    valid_identities: Annotated[float, typer.Option(help="Image folders: share (or number) of identities held "
+                                                         "out for validation.")] = 0.15,
+    test_identities: Annotated[float, typer.Option(help="Image folders: share (or number) of identities held out "
+                                                        "for testing (never trained on).")] = 0.15,
+    split_seed: Annotated[int, typer.Option(help="Image folders: seed of the identity split.")] = 0,
+    per_class: Annotated[int, typer.Option(help="Image folders: images of one identity grouped in a batch.")] = 4,
+    negatives: Annotated[int, typer.Option(help="Image folders: 'different' pairs per group.")] = 1,
+    rotations: Annotated[bool, typer.Option(help="Image folders: add each training identity turned by 90/180/270 "
+                                                 "degrees as new identities (characters, not faces).")] = False,
     max_length: Annotated[int, typer.Option(help="Tokens per record; longer ones are truncated and counted.")] = 48,
     attributes: Annotated[Optional[str], typer.Option(help="Attributes to serialise, in order, comma-separated "
                                                           "(default: all but id).")] = None,
@@ -185,24 +251,67 @@ def train(
         raise TwinnetError("model folder already exists; pass --overwrite to replace it", file=output)
     if fmr is not None:
         calibration, target = "fmr", fmr
-    splits = _load_splits(data, ("train", "valid"), {})
-    train_pairs = splits["train"]
-    valid_pairs = splits.get("valid")
-    if valid is not None:
-        from twinnet.data import read_any
+    image_card = None
+    if _is_image_data(data):
+        from twinnet.data.images import is_image_collection, read_image_folder, read_image_pairs
 
-        valid_pairs = read_any(valid, split="valid")
+        if encoder == "text":
+            raise TwinnetError(f"{data} holds images; choose an image encoder: --encoder koch or --encoder resnet")
+        if is_image_collection(data):
+            collection = read_image_folder(data)
+            train_set, valid_set, test_set = collection.split(valid_identities, test_identities, seed=split_seed)
+            console.print(f"identities: {len(train_set.identity_names)} train, {len(valid_set.identity_names)} "
+                          f"valid, {len(test_set.identity_names)} test (disjoint, split seed {split_seed})")
+            train_pairs = (train_set.with_rotations() if rotations else train_set).training_pairs(
+                per_class, negatives, seed=seed)
+            valid_pairs = valid_set.verification_pairs(seed=seed)
+            image_card = {"source": str(Path(data.partition("::")[0]).resolve()) + (
+                          f"::{data.partition('::')[2]}" if "::" in data else ""),
+                          "split_seed": split_seed, "valid_identities": valid_identities,
+                          "test_identities": test_identities, "rotations": rotations,
+                          "identities": {"train": len(train_set.identity_names),
+                                         "valid": len(valid_set.identity_names),
+                                         "test": len(test_set.identity_names)},
+                          "test_identity_names": test_set.identity_names}
+        else:
+            train_pairs = read_image_pairs(data)
+            if valid is None:
+                raise TwinnetError("a validation list is needed to fit the threshold: pass --valid FILE")
+            valid_pairs = read_image_pairs(valid)
+    else:
+        if encoder != "text":
+            raise TwinnetError(f"--encoder {encoder} reads images: pass an image folder (root/<identity>/<image>), "
+                               "a .zip of one, or a pair/triplet list of image paths")
+        splits = _load_splits(data, ("train", "valid"), {})
+        train_pairs = splits["train"]
+        valid_pairs = splits.get("valid")
+        if valid is not None:
+            from twinnet.data import read_any
+
+            valid_pairs = read_any(valid, split="valid")
     if valid_pairs is None:
         raise TwinnetError("a validation split is needed to fit the threshold: pass --valid FILE")
     for label, split in (("train", train_pairs), ("valid", valid_pairs)):
         info = split.summary()
         console.print(f"{label}: {info['pairs']} pairs ({info['positives']} same) over {info['records']} records")
-    siamese = SiameseModel.for_text(model, max_length=max_length, serializer=_serializer(attributes, style, max_chars, split_codes))
+    if encoder == "text":
+        siamese = SiameseModel.for_text(model, max_length=max_length,
+                                        serializer=_serializer(attributes, style, max_chars, split_codes))
+    elif encoder in ("koch", "resnet"):
+        siamese = SiameseModel.for_image(encoder, image_size=image_size, channels=channels,
+                                         embedding_dim=embedding_dim, augment=augment, invert=invert, resize=resize,
+                                         seed=seed, backbone_weights=backbone_weights)
+    else:
+        raise TwinnetError(f"--encoder must be text, koch or resnet, got {encoder!r}")
+    if learning_rate is None:
+        learning_rate = 5e-5 if encoder == "text" else 1e-3  # fine-tuning a transformer vs a CNN from scratch
     trainer = Trainer(siamese, loss=loss, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                       seed=seed, calibration=calibration, calibration_target=target, probability=probability,
                       cost_ratio=cost_ratio, positive_batch_size=positive_batch, hard_negatives=hard_negatives,
                       log_file=log_file)
     trainer.fit(train_pairs, valid_pairs)
+    if image_card is not None:
+        siamese.card_["image_data"] = image_card
     card = siamese.card_["train"]
     if card["truncated_texts"]:
         console.print(f"[yellow]note[/]: {card['truncated_texts']} of {card['distinct_texts']} distinct training "
@@ -250,8 +359,12 @@ def evaluate(
     if update_card and threshold is None and fmr is None:
         from twinnet.modelcard import write_card_files
 
+        from twinnet.evaluation import hardest_errors
+
         siamese.card_.setdefault("evaluations", {})[pairs.name or split] = {
             k: v for k, v in report.metrics.items() if isinstance(v, (int, float))}
+        siamese.card_.setdefault("hardest_errors", {})[pairs.name or split] = hardest_errors(
+            report, pairs, siamese, per_kind=3)
         write_card_files(siamese, model_path)
 
 
@@ -259,6 +372,11 @@ def _run_evaluation(siamese, data: str, split: str, threshold, fmr, baseline: bo
     from twinnet.baselines import TfidfBaseline
     from twinnet.evaluation import evaluate as run_evaluation
 
+    if siamese.input_modality == "image" or _is_image_data(data):
+        # images have no text baseline; the pairs come from the folder's held-out identities or a pair list
+        pairs = _image_evaluation_pairs(siamese, data, split)
+        report = run_evaluation(siamese, pairs, threshold=threshold, fmr=fmr, bootstrap=bootstrap)
+        return report, pairs
     is_folder = data.lower() in _dataset_names() or Path(data).is_dir()
     names = (split, "train", "valid") if is_folder and split not in ("train", "valid") else (split,)
     splits = _load_splits(data, names, {})
@@ -337,8 +455,8 @@ def report(
 @app.command()
 def verify(
     model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="Model folder.")],
-    left: Annotated[Optional[str], typer.Argument(help="First record text.")] = None,
-    right: Annotated[Optional[str], typer.Argument(help="Second record text.")] = None,
+    left: Annotated[Optional[str], typer.Argument(help="First record text (image models: image path).")] = None,
+    right: Annotated[Optional[str], typer.Argument(help="Second record text (image models: image path).")] = None,
     pairs: Annotated[Optional[Path], typer.Option(help="Pair file (left/right or left_ATTR/right_ATTR "
                                                        "columns) to decide in bulk.")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="With --pairs: write decisions here "
@@ -358,6 +476,8 @@ def verify(
         twinnet verify models/abt-buy "sony bravia kdl-40v5100 40in lcd tv" "Sony KDL-40V5100 Bravia 40 LCD HDTV"
 
         twinnet verify models/abt-buy --pairs new_pairs.csv -o decisions.csv
+
+        twinnet verify models/faces a.png b.png
     """
     _setup(threads)
     import pandas as pd
@@ -381,7 +501,12 @@ def verify(
         return
     if output is not None and output.exists() and not overwrite:
         raise TwinnetError("output already exists; pass --overwrite to replace it", file=output)
-    data = read_pairs(pairs)
+    if _is_image_data(str(pairs)):
+        from twinnet.data.images import read_image_pairs
+
+        data = read_image_pairs(pairs)
+    else:
+        data = read_pairs(pairs)
     decisions = siamese.verify(data.left, data.right, threshold=threshold, fmr=fmr)
     frame = pd.DataFrame({"row": range(2, len(data) + 2), "left_id": data.left_ids, "right_id": data.right_ids,
                           "same": [int(d.same) for d in decisions], "score": [d.score for d in decisions],
@@ -400,7 +525,8 @@ def verify(
 def embed(
     model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="Model folder.")],
     records: Annotated[Path, typer.Argument(help="Records: a table (CSV/TSV/JSONL/Parquet) with a `text` column "
-                                                 "or attribute columns; an `id` column is kept.")],
+                                                 "or attribute columns; an `id` column is kept. Image models: an "
+                                                 "image folder or .zip, or a table with an `image` column.")],
     output: Annotated[Path, typer.Option("--output", "-o", help=".npy (matrix) or .parquet (id + embedding).")],
     batch_size: Annotated[int, typer.Option(help="Records per forward pass.")] = 64,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
@@ -424,7 +550,13 @@ def embed(
     if output.exists() and not overwrite:
         raise TwinnetError("output already exists; pass --overwrite to replace it", file=output)
     siamese = _load_model(model_path, backend, threads)
-    ids, vectors = _embed_file(siamese, records, batch_size=batch_size)
+    if siamese.input_modality == "image":
+        from twinnet.data.images import image_records
+
+        ids, images = image_records(records)
+        vectors = siamese.embed(images, batch_size=batch_size)
+    else:
+        ids, vectors = _embed_file(siamese, records, batch_size=batch_size)
     with atomic_path(output) as tmp:
         if output.suffix == ".npy":
             with open(tmp, "wb") as handle:
@@ -432,6 +564,85 @@ def embed(
         else:
             pd.DataFrame({"id": ids, "embedding": list(vectors)}).to_parquet(tmp, index=False)
     console.print(f"wrote {vectors.shape[0]} × {vectors.shape[1]} embeddings to {output}")
+
+
+# ---------------------------------------------------------------------------------------------- oneshot
+@app.command()
+def oneshot(
+    model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="Model folder of an image model.")],
+    data: Annotated[str, typer.Argument(help="Omniglot's all_runs.zip (or its folder) for the 20 official runs, "
+                                             "or an image folder / .zip to sample tasks from.")],
+    ways: Annotated[int, typer.Option(help="Classes per sampled task.")] = 20,
+    episodes: Annotated[int, typer.Option(help="Sampled tasks.")] = 100,
+    queries: Annotated[int, typer.Option(help="Queries per class in a sampled task.")] = 1,
+    split: Annotated[str, typer.Option(help="Image folder: `all` identities, or `test` / `valid` of the model's "
+                                            "stored identity split (when it was trained on this folder).")] = "all",
+    seed: Annotated[int, typer.Option(help="Seed for sampling tasks.")] = 0,
+    pixel_baseline: Annotated[bool, typer.Option(help="Also report nearest neighbour in pixel space.")] = True,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the result as JSON.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --output file.")] = False,
+    threads: Threads = None,
+) -> None:
+    """N-way one-shot accuracy: with one example per class, name the class of each query (nearest example by the
+    model's cosine score).
+
+    Examples:
+
+        twinnet oneshot models/omniglot ../shared/data/omniglot/all_runs.zip
+
+        twinnet oneshot models/mnist digits/ --ways 5 --episodes 1000
+    """
+    _setup(threads)
+    from twinnet.data.images import read_image_folder
+    from twinnet.io import write_json
+    from twinnet.oneshot import PixelEmbedder, one_shot_accuracy, read_omniglot_runs, sample_tasks
+
+    if output is not None and output.exists() and not overwrite:
+        raise TwinnetError("output already exists; pass --overwrite to replace it", file=output)
+    siamese = _load_model(model_path)
+    if siamese.input_modality != "image":
+        raise TwinnetError("one-shot evaluation needs an image model", file=model_path)
+    container = Path(data.partition("::")[0])
+    if not container.exists():
+        raise TwinnetError("not found", file=data)
+    is_runs = (container.is_dir() and any(container.glob("*/class_labels.txt"))) or (
+        container.suffix == ".zip" and "::" not in data and _zip_has_runs(container))
+    if is_runs:
+        tasks = read_omniglot_runs(container)
+        source = "official runs"
+    else:
+        collection = read_image_folder(data)
+        if split != "all":
+            stored = _image_split_settings(siamese.card_, data)
+            if stored is None:
+                raise TwinnetError(f"--split {split} needs the model's identity split, but it was not trained on "
+                                   "this folder; use --split all", file=data)
+            parts = dict(zip(("train", "valid", "test"), collection.split(
+                stored["valid_identities"], stored["test_identities"], seed=stored["split_seed"])))
+            collection = parts[split]
+        tasks = sample_tasks(collection, ways, episodes=episodes, queries_per_class=queries, seed=seed)
+        source = f"{len(tasks)} sampled tasks (seed {seed})"
+    result = one_shot_accuracy(siamese, tasks).to_dict()
+    line = f"{result['ways']}-way one-shot accuracy: {result['accuracy']:.2f}% over {result['queries']} queries ({source})"
+    if pixel_baseline:
+        encoder = siamese.encoder
+        pixels = one_shot_accuracy(PixelEmbedder(encoder.image_size, encoder.channels, encoder.resize), tasks,
+                                   similarity="euclidean")
+        result["pixel_baseline_accuracy"] = pixels.accuracy
+        line += f"; pixel nearest neighbour {pixels.accuracy:.2f}%"
+    out.print(line, highlight=False)
+    if output:
+        write_json(output, result)
+        console.print(f"wrote {output}")
+
+
+def _zip_has_runs(path: Path) -> bool:
+    import zipfile
+
+    try:
+        return any(n.endswith("class_labels.txt") for n in zipfile.ZipFile(path).namelist())
+    except zipfile.BadZipFile:
+        raise TwinnetError("not a zip archive", file=path) from None
 
 
 # ---------------------------------------------------------------------------------------------- export

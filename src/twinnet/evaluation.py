@@ -131,3 +131,29 @@ def retrieval_metrics(model: SiameseModel, pairs: PairDataset, *, ks: tuple[int,
     out = {f"recall_at_{k}": hits[k] / n for k in ks}
     out.update({"mrr": reciprocal / n, "map_at_r": average_precision / n, "queries": n, "gallery": len(gallery_ids)})
     return out
+
+
+def hardest_errors(report: EvaluationReport, pairs: PairDataset, model: Any = None, *,
+                   per_kind: int = 3) -> list[dict[str, Any]]:
+    """The worst mistakes at the stored threshold: the highest-scoring false matches and the lowest-scoring
+    false non-matches, ``per_kind`` of each. Records are shown as they are compared: image references as they
+    are, other records as the model's serialised text."""
+    if report.scores is None or report.labels is None:
+        return []
+    from twinnet.data.images import is_image_ref
+
+    def shown(record: Any) -> str:
+        if isinstance(record, str) and is_image_ref(record):
+            return record
+        serializer = getattr(model, "serializer", None)
+        return serializer(record) if serializer is not None else str(record)
+
+    y, s, t = report.labels, report.scores, report.metrics["threshold"]
+    false_match = np.nonzero((y == 0) & (s >= t))[0]
+    false_non_match = np.nonzero((y == 1) & (s < t))[0]
+    rows = []
+    for kind, index in (("false match", false_match[np.argsort(-s[false_match], kind="stable")][:per_kind]),
+                        ("false non-match", false_non_match[np.argsort(s[false_non_match], kind="stable")][:per_kind])):
+        rows += [{"kind": kind, "pair": int(i), "score": float(s[i]), "left": shown(pairs.left[i]),
+                  "right": shown(pairs.right[i])} for i in index]
+    return rows

@@ -189,6 +189,35 @@ class TripletLoss(TwinLoss):
         return self.loss(embeddings, labels, indices_tuple=triplets)
 
 
+class BinaryHeadLoss(TwinLoss):
+    """Koch et al.'s verification objective: a logistic classifier over the component-wise distance
+    ``|u - v|`` of each labelled pair, trained with binary cross-entropy (same = 1) together with the encoder.
+
+    The classifier's weights are parameters of the loss (the trainer optimises them with the model's); they
+    shape the embedding space during training. The saved model still scores pairs by cosine similarity with the
+    threshold fitted on validation, so the head is not part of the model folder. ``embedding_dim`` is filled in
+    by the trainer; without it the layer sizes itself on the first batch.
+    """
+
+    needs_pairs = True
+
+    def __init__(self, embedding_dim: int | None = None) -> None:
+        super().__init__()
+        self.classifier = nn.Linear(embedding_dim, 1) if embedding_dim else nn.LazyLinear(1)
+
+    def logits(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        return self.classifier((left - right).abs()).squeeze(-1)
+
+    def compute(self, embeddings, labels, indices_tuple):
+        a1, p, a2, n = _pairs(labels, indices_tuple)
+        self.last_stats = {"positive_pairs": int(len(a1)), "negative_pairs": int(len(a2))}
+        if len(a1) + len(a2) == 0:
+            return self.zero(embeddings)
+        logits = self.logits(embeddings[torch.cat([a1, a2])], embeddings[torch.cat([p, n])])
+        target = torch.cat([torch.ones(len(a1)), torch.zeros(len(a2))]).to(logits)
+        return nn.functional.binary_cross_entropy_with_logits(logits, target)
+
+
 class SumLoss(TwinLoss):
     """Several losses added together (``"online_contrastive+multiple_negatives"``)."""
 
@@ -213,6 +242,7 @@ LOSSES: dict[str, Callable[..., TwinLoss]] = {
     "online_contrastive": OnlineContrastiveLoss,
     "multiple_negatives": MultipleNegativesLoss,
     "triplet": TripletLoss,
+    "binary_head": BinaryHeadLoss,
 }
 
 

@@ -58,6 +58,17 @@ class SiameseModel(PairScorer, nn.Module):
         return cls(TextEncoder(model_name_or_path, max_length=max_length, pooling=pooling),
                    normalize=normalize, serializer=serializer)
 
+    @classmethod
+    def for_image(cls, architecture: str = "koch", *, image_size: int | tuple[int, int] = 35, channels: int = 1,
+                  embedding_dim: int = 128, normalize: bool = True, **encoder_options: Any) -> SiameseModel:
+        """An image matcher with a from-scratch CNN (``koch`` or ``resnet``); ``encoder_options`` go to
+        :class:`~twinnet.encoders.ImageEncoder` (widths, kernel_sizes, resize, invert, augment, seed,
+        backbone_weights, ...)."""
+        from twinnet.encoders import ImageEncoder
+
+        return cls(ImageEncoder(architecture, image_size=image_size, channels=channels,
+                                embedding_dim=embedding_dim, **encoder_options), normalize=normalize)
+
     # ------------------------------------------------------------------ forward
     @property
     def device(self) -> torch.device:

@@ -42,16 +42,57 @@ def render_model_card(model: SiameseModel) -> str:
                   "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.4f} |" for k, v in result.items() if isinstance(v, float)]
         lines.append("")
+    for name, rows in (card.get("hardest_errors") or {}).items():
+        if not rows:
+            continue
+        lines += [f"## Hardest errors on `{name}`", "", "| kind | score | left | right |", "|---|---|---|---|"]
+        for row in rows:
+            if row.get("montage"):
+                lines.append(f"| {row['kind']} | {row['score']:.4f} | ![pair]({row['montage']}) "
+                             f"`{_short(row['left'])}` | `{_short(row['right'])}` |")
+            else:
+                lines.append(f"| {row['kind']} | {row['score']:.4f} | {_cell(row['left'])} | {_cell(row['right'])} |")
+        lines.append("")
     lines += ["## Use", "", "```python", "from twinnet import SiameseModel",
               "model = SiameseModel.load('path/to/this/folder')",
               "model.verify(record_a, record_b)  # Decision(same=..., score=..., probability=...)", "```", ""]
     return "\n".join(lines)
 
 
+def _short(text: str, keep: int = 48) -> str:
+    return text if len(text) <= keep else "…" + text[-keep:]
+
+
+def _cell(text: str) -> str:
+    return _short(str(text), 80).replace("|", "\\|").replace("\n", " ")
+
+
+def _write_error_montages(model: SiameseModel, folder: Path) -> None:
+    """For hardest-error pairs of images, write a side-by-side PNG into ``examples/`` and link it from the card."""
+    from twinnet.data.images import is_image_ref, pair_montage_png
+    from twinnet.errors import TwinnetError
+
+    for name, rows in (model.card_.get("hardest_errors") or {}).items():
+        slug = "".join(c if c.isalnum() else "_" for c in name)[:40]
+        for k, row in enumerate(rows):
+            if not (is_image_ref(row.get("left")) and is_image_ref(row.get("right"))):
+                continue
+            relative = f"examples/{slug}_{k + 1}.png"
+            try:
+                data = pair_montage_png(row["left"], row["right"])
+            except TwinnetError:  # the images moved since evaluation: the card keeps their paths only
+                row.pop("montage", None)
+                continue
+            (folder / "examples").mkdir(exist_ok=True)
+            (folder / relative).write_bytes(data)
+            row["montage"] = relative
+
+
 def write_card_files(model: SiameseModel, folder: Path) -> None:
     """(Re)write ``training.json`` and the ``README.md`` model card of a model folder, atomically."""
     from twinnet.io import atomic_path
 
+    _write_error_montages(model, folder)
     with atomic_path(folder / "training.json") as tmp:
         tmp.write_text(json.dumps(model.card_, indent=2, default=str) + "\n")
     card = render_model_card(model)

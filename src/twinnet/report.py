@@ -99,12 +99,34 @@ def _error_rows(report: EvaluationReport, left: Sequence[str], right: Sequence[s
     return ([(i, s[i], left[i], right[i]) for i in fm], [(i, s[i], left[i], right[i]) for i in fnm])
 
 
+def _shown(records: Sequence, serializer: RecordSerializer) -> list[str]:
+    """What the report shows of each record: image references as they are, other records as serialised text."""
+    from twinnet.data.images import is_image_ref
+
+    return [r if isinstance(r, str) and is_image_ref(r) else serializer(r) for r in records]
+
+
+def _record_html(shown: str) -> str:
+    """A record cell: the image itself (a thumbnail) with its path for image records, else the escaped text."""
+    from twinnet.data.images import is_image_ref, thumbnail_png
+    from twinnet.errors import TwinnetError
+
+    if is_image_ref(shown):
+        try:
+            data = base64.b64encode(thumbnail_png(shown)).decode("ascii")
+            return (f'<img class="pair" alt="image" src="data:image/png;base64,{data}"><br>'
+                    f"<small>{html.escape(shown)}</small>")
+        except TwinnetError:
+            pass  # an image that no longer reads is shown by its path
+    return html.escape(shown)
+
+
 def render_html(report: EvaluationReport, pairs: PairDataset, serializer: RecordSerializer, *,
                 title: str = "twinnet evaluation", errors: int = 10) -> str:
     if report.scores is None or report.labels is None:
         raise ValueError("the evaluation report carries no scores")
     plots = _plots(report)
-    left, right = pairs.texts(serializer)
+    left, right = _shown(pairs.left, serializer), _shown(pairs.right, serializer)
     false_matches, false_non_matches = _error_rows(report, left, right, errors)
     esc = html.escape
     metric_rows = "".join(f"<tr><td>{esc(k)}</td><td>{esc(v)}</td><td>{esc(ci)}</td>"
@@ -117,7 +139,7 @@ def render_html(report: EvaluationReport, pairs: PairDataset, serializer: Record
     def error_table(rows):
         if not rows:
             return "<p>none</p>"
-        body = "".join(f"<tr><td>{i}</td><td>{score:.4f}</td><td>{esc(a)}</td><td>{esc(b)}</td></tr>"
+        body = "".join(f"<tr><td>{i}</td><td>{score:.4f}</td><td>{_record_html(a)}</td><td>{_record_html(b)}</td></tr>"
                        for i, score, a, b in rows)
         return f"<table><tr><th>pair</th><th>score</th><th>left record</th><th>right record</th></tr>{body}</table>"
 

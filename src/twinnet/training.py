@@ -180,13 +180,22 @@ class Trainer:
     def fit(self, train: PairDataset, valid: PairDataset | None = None) -> SiameseModel:
         self._validate(train, valid)
         set_seed(self.seed)
+        self.model.encoder.reseed(self.seed)  # e.g. the image augmentation stream
         device = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model = self.model.to(device)
-        loss_fn = build_loss(self.loss, **self.loss_params).to(device)
+        # losses with a learnt layer over embeddings (binary_head) need its size; the others ignore it
+        loss_fn = build_loss(self.loss, **{"embedding_dim": model.embedding_dim, **self.loss_params}).to(device)
         rng = np.random.default_rng(self.seed)
 
-        texts_left, texts_right = train.texts(model.serializer)
-        unique_texts = sorted(set(texts_left) | set(texts_right))
+        # the encoder's inputs: serialised text for text models, image references for image models
+        texts_left = model.to_inputs(train.left, what="left item")
+        texts_right = model.to_inputs(train.right, what="right item")
+        try:
+            unique_texts = sorted(set(texts_left) | set(texts_right))
+        except TypeError:
+            raise TwinnetError("training records must be texts, attribute records or image references (paths); "
+                               "in-memory images (arrays, bytes) can be embedded and verified but not trained on",
+                               file=train.name or None) from None
         row_of = {t: i for i, t in enumerate(unique_texts)}
         prepared = model.encoder.prepare(unique_texts)
         truncated = sum(1 for p in prepared if getattr(p, "truncated_tokens", 0) > 0)
@@ -205,7 +214,9 @@ class Trainer:
             steps_per_epoch += -(-anchors * self.hard_negatives // self.batch_size)
         total_steps = max(1, steps_per_epoch * self.epochs)
         left_id_of_row = {int(r): lid for r, lid in zip(left_rows.tolist(), train.left_ids)}
-        optimizer = torch.optim.AdamW(model.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
+        # a loss may have its own parameters (binary_head's classifier over |u - v|): they train alongside
+        parameters = list(model.parameters()) + list(loss_fn.parameters())
+        optimizer = torch.optim.AdamW(parameters, lr=self.learning_rate, weight_decay=self.weight_decay)
         warmup = int(self.warmup_ratio * total_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: min((step + 1) / max(1, warmup), max(0.0, (total_steps - step) / max(1, total_steps - warmup))))
@@ -258,7 +269,7 @@ class Trainer:
                         continue
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), self.max_grad_norm)
+                    torch.nn.utils.clip_grad_norm_(parameters, self.max_grad_norm)
                     optimizer.step()
                     scheduler.step()
                     losses.append(float(loss.detach()))

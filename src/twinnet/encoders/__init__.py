@@ -1,8 +1,10 @@
 """Encoders: one per modality, all behind the same :class:`Encoder` interface."""
 
 from twinnet.encoders.base import Encoder
+from twinnet.encoders.image import ARCHITECTURES, Augmentation, ImageEncoder
 from twinnet.encoders.text import DEFAULT_TEXT_MODEL, TextEncoder
 
-ENCODERS: dict[str, type[Encoder]] = {"text": TextEncoder}
+ENCODERS: dict[str, type[Encoder]] = {"text": TextEncoder, "image": ImageEncoder}
 
-__all__ = ["DEFAULT_TEXT_MODEL", "ENCODERS", "Encoder", "TextEncoder"]
+__all__ = ["ARCHITECTURES", "DEFAULT_TEXT_MODEL", "ENCODERS", "Augmentation", "Encoder", "ImageEncoder",
+           "TextEncoder"]

@@ -32,6 +32,9 @@ class Encoder(nn.Module):
         """A size used to bucket similar items into the same batch (e.g. token count)."""
         return 1
 
+    def reseed(self, seed: int) -> None:
+        """Restart any random stream used in preprocessing (e.g. training-time augmentation); default: none."""
+
     @property
     def embedding_dim(self) -> int:
         raise NotImplementedError
