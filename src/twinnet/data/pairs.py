@@ -38,7 +38,11 @@ def text_id(text: str, prefix: str = "t") -> str:
 
 @dataclass
 class PairDataset:
-    """Pairs of records with optional 0/1 labels (1 = same entity).
+    """Pairs of records with optional 0/1 labels (1 = same entity), or graded similarity scores.
+
+    ``labels`` are same/different and stay integer 0/1: everything that needs a binary answer
+    (thresholds, F1, entity groups) reads them. ``scores`` hold graded similarity instead (STS-B: 0–5,
+    higher = more similar) for the graded losses and Spearman evaluation; a dataset has one or the other.
 
     ``left_ids`` / ``right_ids`` identify records across pairs and splits: they are what leakage
     checks, seen/unseen evaluation and entity groups are built from.
@@ -50,6 +54,7 @@ class PairDataset:
     left_ids: list[str] = field(default_factory=list)
     right_ids: list[str] = field(default_factory=list)
     name: str = ""
+    scores: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if len(self.left) != len(self.right):
@@ -58,6 +63,14 @@ class PairDataset:
             self.labels = np.asarray(self.labels, dtype=np.int64)
             if len(self.labels) != len(self.left):
                 raise ValueError(f"{len(self.labels)} labels for {len(self.left)} pairs")
+        if self.scores is not None:
+            if self.labels is not None:
+                raise ValueError("a pair dataset has same/different labels or graded scores, not both")
+            self.scores = np.asarray(self.scores, dtype=np.float64)
+            if len(self.scores) != len(self.left):
+                raise ValueError(f"{len(self.scores)} scores for {len(self.left)} pairs")
+            if not np.isfinite(self.scores).all():
+                raise ValueError("scores contain NaN or inf")
         if not self.left_ids:
             self.left_ids = [_record_id(r) for r in self.left]
         if not self.right_ids:
@@ -68,7 +81,12 @@ class PairDataset:
 
     @property
     def has_labels(self) -> bool:
+        """True for same/different (0/1) labels; graded data has ``scores`` instead."""
         return self.labels is not None
+
+    @property
+    def is_graded(self) -> bool:
+        return self.scores is not None
 
     def subset(self, index: Sequence[int] | np.ndarray) -> PairDataset:
         index = np.asarray(index, dtype=np.int64)
@@ -76,7 +94,7 @@ class PairDataset:
             left=[self.left[i] for i in index], right=[self.right[i] for i in index],
             labels=None if self.labels is None else self.labels[index],
             left_ids=[self.left_ids[i] for i in index], right_ids=[self.right_ids[i] for i in index],
-            name=self.name)
+            name=self.name, scores=None if self.scores is None else self.scores[index])
 
     def texts(self, serializer: RecordSerializer) -> tuple[list[str], list[str]]:
         return serializer.serialize_many(self.left), serializer.serialize_many(self.right)
@@ -94,6 +112,8 @@ class PairDataset:
         frame = pd.DataFrame({"left_id": self.left_ids, "right_id": self.right_ids})
         if self.labels is not None:
             frame["label"] = self.labels
+        if self.scores is not None:
+            frame["score"] = self.scores
         return frame
 
 

@@ -42,6 +42,49 @@ def parse_label(value: Any, *, file: object, row: int, field: str = "label") -> 
     raise TwinnetError(f"label must be 0 or 1 (1 = same), got {shown}", file=file, row=row, field=field)
 
 
+def parse_score(value: Any, *, file: object, row: int, field: str = "score") -> float:
+    """A graded similarity score: any finite number (STS-B uses 0–5)."""
+    try:
+        score = float(str(value).strip()) if not isinstance(value, (int, float, np.number)) else float(value)
+    except ValueError:
+        score = float("nan")
+    if is_missing(value) or not np.isfinite(score):
+        shown = "missing" if is_missing(value) else repr(value)
+        raise TwinnetError(f"score must be a finite number, got {shown}", file=file, row=row, field=field)
+    return score
+
+
+# --------------------------------------------------------------------------- STS Benchmark layout
+def read_sts(path: str | os.PathLike[str]) -> PairDataset:
+    """Read an STS Benchmark file (``sts-train.csv``: tab-separated ``genre, filename, year, id, score,
+    sentence1, sentence2`` and sometimes two trailing source columns; no header, quotes are literal)
+    into a graded :class:`PairDataset` (``scores`` 0–5)."""
+    path = Path(path)
+    if not path.exists():
+        raise TwinnetError("file not found", file=path)
+    try:
+        lines = path.read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
+    left, right, scores = [], [], []
+    for row, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        cells = line.split("\t")
+        if len(cells) < 7:
+            raise TwinnetError(f"expected at least 7 tab-separated fields (genre, filename, year, id, score, "
+                               f"sentence1, sentence2), found {len(cells)}", file=path, row=row)
+        scores.append(parse_score(cells[4], file=path, row=row, field="score (column 5)"))
+        for cell, field, out in ((cells[5], "sentence1 (column 6)", left), (cells[6], "sentence2 (column 7)", right)):
+            text = clean_text(cell)
+            if not text:
+                raise TwinnetError("sentence is empty", file=path, row=row, field=field)
+            out.append(text)
+    if not left:
+        raise TwinnetError("no pairs in file", file=path)
+    return PairDataset(left, right, scores=np.asarray(scores), name=path.name)
+
+
 # --------------------------------------------------------------------------- DeepMatcher layout
 def read_table_records(path: Path) -> dict[str, dict[str, Any]]:
     """Read ``tableA.csv``-style records keyed by their ``id`` column."""
@@ -158,7 +201,8 @@ def read_pairs(source: str | os.PathLike[str] | pd.DataFrame, *, require_labels:
     """Read a pair table (CSV, TSV, JSONL, Parquet, or a DataFrame).
 
     Columns: ``left``/``right`` with the two texts, or ``left_<attr>``/``right_<attr>`` attribute
-    columns; optional ``label`` (0/1) and ``left_id``/``right_id``.
+    columns; optional ``label`` (0/1) or ``score`` (graded similarity, any finite number), and
+    ``left_id``/``right_id``.
     """
     if isinstance(source, pd.DataFrame):
         frame, name = source, "<DataFrame>"
@@ -175,8 +219,11 @@ def read_pairs(source: str | os.PathLike[str] | pd.DataFrame, *, require_labels:
         if not left_attrs or not right_attrs:
             raise TwinnetError("needs 'left' and 'right' text columns, or 'left_<attr>'/'right_<attr>' "
                                f"attribute columns (columns found: {', '.join(columns) or 'none'})", file=name)
-    if require_labels and "label" not in columns:
+    if require_labels and "label" not in columns and "score" not in columns:
         raise TwinnetError(f"missing column 'label' (columns found: {', '.join(columns)})", file=name)
+    if "label" in columns and "score" in columns:
+        raise TwinnetError("has both 'label' (same/different) and 'score' (graded) columns; keep one", file=name)
+    graded = "score" in columns
 
     rows = frame.to_dict(orient="records")
     left, right, labels = [], [], []
@@ -193,6 +240,8 @@ def read_pairs(source: str | os.PathLike[str] | pd.DataFrame, *, require_labels:
             right.append({a: rec[f"right_{a}"] for a in right_attrs})
         if "label" in columns:
             labels.append(parse_label(rec["label"], file=name, row=line))
+        elif graded:
+            labels.append(parse_score(rec["score"], file=name, row=line))
     if not left:
         raise TwinnetError("no pairs in file", file=name)
 
@@ -204,7 +253,7 @@ def read_pairs(source: str | os.PathLike[str] | pd.DataFrame, *, require_labels:
     left_ids, right_ids = ids("left_id", left), ids("right_id", right)
     dataset = PairDataset(left, right, np.asarray(labels) if "label" in columns else None,
                           left_ids if all(left_ids) else [], right_ids if all(right_ids) else [],
-                          name=Path(name).name)
+                          name=Path(name).name, scores=np.asarray(labels) if graded else None)
     if not allow_empty_records:
         _reject_empty_records(dataset, name)
     return dataset
@@ -223,14 +272,16 @@ def read_any(path: str | os.PathLike[str], split: str | None = None, **options: 
     """Read pair data in whichever layout ``path`` has.
 
     A folder is the DeepMatcher layout (``split`` picks the pair file, default ``test``); a ``.txt``
-    file (or a Ditto name like ``train.txt.small``) is the Ditto layout; anything else is a plain pair
-    table.
+    file (or a Ditto name like ``train.txt.small``) is the Ditto layout; a file named ``sts-*`` is the
+    STS Benchmark layout (graded scores); anything else is a plain pair table.
     """
     path = Path(path)
     if path.is_dir():
         return read_deepmatcher(path, split or "test", **options)
     if not path.exists():
         raise TwinnetError("file not found", file=path)
+    if path.name.startswith("sts-"):
+        return read_sts(path)
     if path.suffix == ".txt" or ".txt." in path.name:
         return read_ditto(path, **options)
     return read_pairs(path, **options)

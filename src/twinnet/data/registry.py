@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from twinnet.data.pairs import PairDataset
-from twinnet.data.readers import read_deepmatcher_splits
+from twinnet.data.readers import read_deepmatcher_splits, read_sts
 from twinnet.errors import TwinnetError
 
 _LANGRES = ("https://raw.githubusercontent.com/fxd24/langres/94df55e3acb95bdc08590f4d45481327cde4f506/"
@@ -26,7 +26,7 @@ class DatasetInfo:
     name: str
     title: str
     relative_path: str                       # below a data root
-    layout: str                              # "deepmatcher"
+    layout: str                              # "deepmatcher" or "sts" (graded scores)
     task: str
     citation: str
     remote_folder: str | None = None         # folder in the pinned public copy, when fetchable
@@ -75,7 +75,14 @@ DATASETS: dict[str, DatasetInfo] = {d.name: d for d in [
             "test.csv": "b725369e2ce35a51f21bc6be6ba6d4a2bea81e075529a2ab19aa6bb3fee8e623",
             "train.csv": "537a6245801cece532735890f4197e765221c6eecd7ca6d15abb839d30b25603",
             "valid.csv": "80dae5cff54dccd07f6f566945009bfb73bc39a3526b3c9e93d3baf85fcc1e34"}),
+    DatasetInfo(
+        "stsb", "STS Benchmark (graded sentence similarity 0-5; valid = the dev split)", "stsbenchmark", "sts",
+        "graded similarity", "Cer et al., SemEval-2017 Task 1"),
 ]}
+
+# the file that marks a dataset folder as present, per layout; and each split's file
+_MARKER = {"deepmatcher": "train.csv", "sts": "sts-train.csv"}
+_STS_FILES = {"train": "sts-train.csv", "valid": "sts-dev.csv", "test": "sts-test.csv"}
 
 
 def cache_dir() -> Path:
@@ -109,7 +116,7 @@ def locate(name: str) -> Path | None:
     dataset = info(name)
     for root in data_roots():
         folder = root / dataset.relative_path
-        if (folder / "train.csv").exists():
+        if (folder / _MARKER[dataset.layout]).exists():
             return folder
     return None
 
@@ -130,6 +137,12 @@ def path(name: str) -> Path:
 
 def load_pairs(name: str, **options) -> tuple[PairDataset, PairDataset, PairDataset]:
     """``train, valid, test`` of a registered benchmark dataset."""
+    if info(name).layout == "sts":
+        folder = path(name)
+        splits = {split: read_sts(folder / file) for split, file in _STS_FILES.items()}
+        for split_name, split in splits.items():
+            split.name = f"{name}/{split_name}"
+        return splits["train"], splits["valid"], splits["test"]
     splits = read_deepmatcher_splits(path(name), **options)
     for split in splits.values():
         split.name = f"{name}/{split.name.rsplit('/', 1)[-1]}"
