@@ -59,6 +59,10 @@ def _load_splits(data: str, split_names: tuple[str, ...], options: dict) -> dict
     from twinnet.data import registry
 
     if data.lower() in registry.DATASETS and not Path(data).exists():
+        if registry.info(data).layout == "sts":  # graded sentence pairs: the three splits are small
+            train, valid, test = registry.load_pairs(data)
+            every = {"train": train, "valid": valid, "test": test}
+            return {name: every[name] for name in split_names if name in every}
         folder = registry.path(data)
         splits = read_deepmatcher_splits(folder, split_names, **options)
         for name, split in splits.items():
@@ -178,8 +182,10 @@ def train(
     valid: Annotated[Optional[Path], typer.Option(help="Validation pair file (needed with a pair file).")] = None,
     model: Annotated[str, typer.Option(help="Base text model: Hugging Face id or local folder.")] =
         "sentence-transformers/all-MiniLM-L6-v2",
-    loss: Annotated[str, typer.Option(help="contrastive, online_contrastive, multiple_negatives, triplet; "
-                                           "join with '+'.")] = "online_contrastive+multiple_negatives",
+    loss: Annotated[str, typer.Option(help="contrastive, online_contrastive, multiple_negatives, triplet, "
+                                           "batch_hard_triplet, semi_hard_triplet, supcon, multi_similarity; "
+                                           "graded pairs: cosent, cosine_regression; join with '+'.")] =
+        "online_contrastive+multiple_negatives",
     epochs: Annotated[int, typer.Option(help="Passes over the training pairs.")] = 4,
     batch_size: Annotated[int, typer.Option(help="Pairs per step.")] = 32,
     positive_batch: Annotated[int, typer.Option(help="Also train each epoch on batches of this many 'same' pairs "
@@ -230,16 +236,52 @@ def train(
     cost_ratio: Annotated[float, typer.Option(help="For --calibration cost: cost of a false match relative to a "
                                                  "false non-match.")] = 1.0,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
+    sampler: Annotated[str, typer.Option(help="`pairs` (record-grouped pair batches) or `m_per_class` (entity "
+                                               "batches built from the training positives, --m records per "
+                                               "entity; for supcon, multi_similarity, batch_hard_triplet, "
+                                               "semi_hard_triplet).")] = "pairs",
+    m: Annotated[int, typer.Option("--m", help="Records per entity in an m_per_class batch.")] = 4,
+    pair_stage_epochs: Annotated[int, typer.Option(help="Second stage: this many more epochs on pair batches with "
+                                                        "--pair-stage-loss (0 = none).")] = 0,
+    pair_stage_loss: Annotated[str, typer.Option(help="Loss of the second stage.")] =
+        "online_contrastive+multiple_negatives",
+    augment_text: Annotated[Optional[str], typer.Option(help="Text record augmentation, seeded, e.g. "
+                                                             "`token_deletion=0.1,span_shuffle=0.1,"
+                                                             "attribute_drop=0.1,value_swap=0.2` (default off).")]
+        = None,
+    accumulation_steps: Annotated[int, typer.Option(help="Batches whose gradients are added up before each "
+                                                         "optimizer step.")] = 1,
+    encode_chunk_size: Annotated[int, typer.Option(help="Encode each batch's records in length-sorted chunks of "
+                                                        "this many (less padding, same loss; 0 = one pass).")] = 0,
+    mixed_precision: Annotated[str, typer.Option(help="auto (bf16, else fp16, on a CUDA GPU; off on CPU), no, "
+                                                      "bf16, fp16.")] = "auto",
+    checkpoint_dir: Annotated[Optional[Path], typer.Option(help="Write a resumable checkpoint here after each "
+                                                                "epoch (safetensors + JSON; the newest 2 kept).")]
+        = None,
+    resume_from: Annotated[Optional[Path], typer.Option(help="Continue from a checkpoint (an epoch-N folder, or a "
+                                                             "--checkpoint-dir for its newest); the same data and "
+                                                             "options end as the uninterrupted run.")] = None,
     log_file: Annotated[Optional[Path], typer.Option(help="Write one JSON line per epoch here.")] = None,
+    tensorboard_dir: Annotated[Optional[Path], typer.Option(help="Also write TensorBoard scalars here (when "
+                                                                 "tensorboard is installed).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing model folder.")] = False,
     threads: Threads = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each epoch's numbers.")] = False,
 ) -> None:
     """Train a Siamese text matcher; the threshold and probability map are fitted on validation.
 
+    Graded pairs (`stsb`, or a pair file with a `score` column) train with `--loss cosent` (or
+    `cosine_regression`): the epoch is chosen on validation Spearman and no threshold is fitted. Under
+    `torchrun --nproc_per_node N -m twinnet train ...` each process trains on its share of the batches and
+    only rank 0 writes the model.
+
     Example:
 
         twinnet train abt-buy -o models/abt-buy --attributes name --epochs 4
+
+        twinnet train abt-buy -o models/abt-buy-supcon --loss supcon --sampler m_per_class --pair-stage-epochs 2
+
+        twinnet train stsb -o models/stsb --loss cosent --max-length 64 --lr 2e-5
 
         twinnet train pairs_train.csv --valid pairs_valid.csv -o models/mine
     """
@@ -293,7 +335,9 @@ def train(
         raise TwinnetError("a validation split is needed to fit the threshold: pass --valid FILE")
     for label, split in (("train", train_pairs), ("valid", valid_pairs)):
         info = split.summary()
-        console.print(f"{label}: {info['pairs']} pairs ({info['positives']} same) over {info['records']} records")
+        kind = (f"graded {split.scores.min():g}-{split.scores.max():g}" if getattr(split, "is_graded", False)
+                else f"{info['positives']} same")
+        console.print(f"{label}: {info['pairs']} pairs ({kind}) over {info['records']} records")
     if encoder == "text":
         siamese = SiameseModel.for_text(model, max_length=max_length,
                                         serializer=_serializer(attributes, style, max_chars, split_codes))
@@ -308,8 +352,14 @@ def train(
     trainer = Trainer(siamese, loss=loss, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                       seed=seed, calibration=calibration, calibration_target=target, probability=probability,
                       cost_ratio=cost_ratio, positive_batch_size=positive_batch, hard_negatives=hard_negatives,
-                      log_file=log_file)
+                      sampler=sampler, m=m, pair_stage_epochs=pair_stage_epochs, pair_stage_loss=pair_stage_loss,
+                      augment=augment_text, accumulation_steps=accumulation_steps,
+                      encode_chunk_size=encode_chunk_size, mixed_precision=mixed_precision,
+                      checkpoint_dir=checkpoint_dir, resume_from=resume_from, log_file=log_file,
+                      tensorboard_dir=tensorboard_dir)
     trainer.fit(train_pairs, valid_pairs)
+    if trainer.rank_ != 0:  # a data-parallel run: rank 0 writes the one model
+        return
     if image_card is not None:
         siamese.card_["image_data"] = image_card
     card = siamese.card_["train"]
@@ -317,6 +367,11 @@ def train(
         console.print(f"[yellow]note[/]: {card['truncated_texts']} of {card['distinct_texts']} distinct training "
                       f"record texts were longer than {max_length} tokens and were truncated")
     siamese.save(output)
+    if siamese.calibration_ is None:  # graded pairs: no threshold; the epoch was chosen on validation Spearman
+        selected = next(h for h in siamese.card_["history"] if h["epoch"] == siamese.card_["selected_epoch"])
+        console.print(f"saved {output}  (selected epoch {siamese.card_['selected_epoch']}, validation Spearman "
+                      f"{selected['valid_spearman']:.4f})")
+        return
     op = siamese.calibration_.operating_point_
     console.print(f"saved {output}  (selected epoch {siamese.card_['selected_epoch']}, threshold "
                   f"{siamese.calibration_.threshold_:.4f}, validation F1 {op['f1']:.4f})")
