@@ -23,11 +23,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from common import RESULTS, peak_rss_mb, write_results  # noqa: E402
 
-# The recipe per dataset: which attributes are serialised, and how long inputs may be.
-# Product data gets split_codes (one spelling for model numbers); citations do not need it.
+# The recipe per dataset: which attributes are serialised, how long inputs may be, and training settings that
+# differ from TRAINING (each chosen on validation F1). Product data gets split_codes (one spelling for model
+# numbers); citations do not need it. Command-line overrides (--epochs, --positive-batch, --hard-negatives) win.
 RECIPES = {
-    "abt-buy": {"attributes": ["name", "price"], "max_length": 48, "split_codes": True},
-    "amazon-google": {"attributes": ["title", "manufacturer", "price"], "max_length": 48, "split_codes": True},
+    "abt-buy": {"attributes": ["name", "price"], "max_length": 48, "split_codes": True, "epochs": 8,
+                "hard_negatives": 1},  # the main job's command (scripts/main_job.sh)
+    "amazon-google": {"attributes": ["title", "manufacturer", "price"], "max_length": 48, "split_codes": True,
+                      "positive_batch_size": 64},
     "dblp-acm": {"attributes": ["title", "authors", "venue", "year"], "max_length": 64, "split_codes": False,
                  "epochs": 3},
     "wdc-computers": {"attributes": ["title"], "max_length": 64, "split_codes": True},
@@ -56,7 +59,8 @@ def run_one(name: str, epochs: int, threads: int, positive_batch: int = 0, learn
 
     if threads:
         torch.set_num_threads(threads)
-    recipe = RECIPES[name]
+    recipe = {k: v for k, v in RECIPES[name].items() if k in ("attributes", "max_length", "split_codes")}
+    training_recipe = RECIPES[name]
     train, valid, test = datasets.load_pairs(name)
     serializer = RecordSerializer(attributes=recipe["attributes"], split_codes=recipe["split_codes"])
     rows = []
@@ -83,9 +87,10 @@ def run_one(name: str, epochs: int, threads: int, positive_batch: int = 0, learn
 
     start = time.perf_counter()
     model = SiameseModel.for_text(max_length=recipe["max_length"], serializer=serializer)
-    settings = {**TRAINING, "epochs": epochs or recipe.get("epochs", TRAINING["epochs"]),
-                "positive_batch_size": positive_batch,
-                "learning_rate": learning_rate or TRAINING["learning_rate"], "hard_negatives": hard_negatives}
+    settings = {**TRAINING, "epochs": epochs or training_recipe.get("epochs", TRAINING["epochs"]),
+                "positive_batch_size": positive_batch or training_recipe.get("positive_batch_size", 0),
+                "learning_rate": learning_rate or TRAINING["learning_rate"],
+                "hard_negatives": hard_negatives or training_recipe.get("hard_negatives", 0)}
     Trainer(model, progress=False, **settings).fit(train, valid)
     wall = time.perf_counter() - start
     report = evaluate(model, test, bootstrap=0, train=train)
@@ -176,7 +181,8 @@ def main() -> None:
                                            for d in args.datasets.split(","))]
     for name in args.datasets.split(","):
         proc = subprocess.run([sys.executable, __file__, "--one", name, "--epochs", str(args.epochs),
-                               "--threads", str(args.threads)],
+                               "--threads", str(args.threads), "--positive-batch", str(args.positive_batch),
+                               "--lr", str(args.lr), "--hard-negatives", str(args.hard_negatives)],
                               stdout=subprocess.PIPE, text=True)
         lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULTS ")]
         if proc.returncode != 0 or not lines:

@@ -176,9 +176,9 @@ def test_real_uvicorn_process_serves_and_shuts_down_gracefully(tmp_path, calibra
                 time.sleep(0.1)
         else:
             pytest.fail("server did not start: " + proc.stdout.read() if proc.stdout else "")
-        answer = httpx.post(f"{url}/v1/verify", headers=HEADERS, timeout=10,
+        answer = httpx.post(f"{url}/v1/verify", headers={**HEADERS, "X-Request-ID": "req-42"}, timeout=10,
                             json={"pairs": [{"left": "sony tv xr100", "right": "xr100 tv set from sony"}]})
-        assert answer.status_code == 200
+        assert answer.status_code == 200 and answer.headers["x-request-id"] == "req-42"
         assert answer.json()["results"][0]["score"] == pytest.approx(
             calibrated.verify("sony tv xr100", "xr100 tv set from sony").score, abs=1e-5)
         assert httpx.post(f"{url}/v1/verify", json={"pairs": []}, timeout=10).status_code == 401
@@ -189,7 +189,9 @@ def test_real_uvicorn_process_serves_and_shuts_down_gracefully(tmp_path, calibra
     assert proc.returncode in (0, -signal.SIGTERM), output
     assert "Application shutdown complete" in output
     access = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
-    assert any(a["path"] == "/v1/verify" and a["status"] == 200 for a in access)
+    assert {"path": "/v1/verify", "status": 200, "items": 1, "request_id": "req-42"}.items() <= next(
+        a for a in access if a["request_id"] == "req-42").items()
+    assert any(a["path"] == "/v1/verify" and a["status"] == 401 for a in access)  # refusals are logged too
     assert "Traceback" not in output
 
 

@@ -264,21 +264,7 @@ def create_app(model: PairScorer, *, api_keys: set[str] | None = None,
     app = FastAPI(title="twinnet", version=card["twinnet_version"], lifespan=lifespan,
                   description="Siamese matcher: embed records, verify pairs with the calibrated threshold.")
 
-    @app.middleware("http")
-    async def guard_and_log(request: Request, call_next):
-        started = time.perf_counter()
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
-        response = _precheck(request, keys, settings)
-        if response is None:
-            response = await call_next(request)
-        response.headers["x-request-id"] = request_id
-        access_log.info(json.dumps({
-            "ts": round(time.time(), 3), "request_id": request_id, "method": request.method,
-            "path": request.url.path, "status": response.status_code,
-            "ms": round((time.perf_counter() - started) * 1000, 2),
-            "client": request.client.host if request.client else None,
-            "items": getattr(request.state, "items", None)}))
-        return response
+    app.add_middleware(GuardAndLog, keys=keys, settings=settings)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
@@ -366,14 +352,53 @@ def create_app(model: PairScorer, *, api_keys: set[str] | None = None,
     return app
 
 
-def _precheck(request: Request, keys: set[str], settings: ServeSettings) -> JSONResponse | None:
+class GuardAndLog:
+    """Pure ASGI middleware: body-size and API-key checks before the request is read, then one JSON access-log
+    line per request. (Starlette's ``@app.middleware("http")`` wraps every response in an extra task and stream,
+    which costs a noticeable share of a small request's time.)"""
+
+    def __init__(self, app, *, keys: set[str], settings: ServeSettings) -> None:
+        self.app, self.keys, self.settings = app, keys, settings
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
+        request_id = headers.get("x-request-id") or uuid.uuid4().hex[:16]
+        status = 500
+
+        async def send_with_id(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message = {**message, "headers": [*message.get("headers", ()),
+                                                  (b"x-request-id", request_id.encode("latin-1"))]}
+            await send(message)
+
+        refusal = _precheck(scope["path"], headers, self.keys, self.settings)
+        try:
+            if refusal is not None:
+                await refusal(scope, receive, send_with_id)
+            else:
+                await self.app(scope, receive, send_with_id)
+        finally:
+            client = scope.get("client")
+            access_log.info(json.dumps({
+                "ts": round(time.time(), 3), "request_id": request_id, "method": scope.get("method"),
+                "path": scope["path"], "status": status, "ms": round((time.perf_counter() - started) * 1000, 2),
+                "client": client[0] if client else None, "items": scope.get("state", {}).get("items")}))
+
+
+def _precheck(path: str, headers: dict[str, str], keys: set[str], settings: ServeSettings) -> JSONResponse | None:
     """Body size and API key, answered before the request is read."""
-    length = request.headers.get("content-length")
+    length = headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
         return _error(413, f"request body is {int(length)} bytes; the limit is {settings.max_body_bytes}")
-    if keys and request.url.path.startswith("/v1/") and request.url.path != "/v1/health":
-        given = request.headers.get("x-api-key") or ""
-        auth = request.headers.get("authorization", "")
+    if keys and path.startswith("/v1/") and path != "/v1/health":
+        given = headers.get("x-api-key") or ""
+        auth = headers.get("authorization", "")
         if not given and auth.lower().startswith("bearer "):
             given = auth[7:].strip()
         if not any(hmac.compare_digest(given.encode(), k.encode()) for k in keys):
