@@ -48,7 +48,7 @@ def _row(dataset: str, method: str, metric: str, value: float, **extra) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- scaling
-def hashed_embedding(texts: list[str], chunk: int = 50_000) -> "np.ndarray":
+def hashed_embedding(texts: list[str], chunk: int = 50_000):
     """A fixed, training-free embedding: char 2-4-gram hashing, sparse random projection, L2 normalisation."""
     import numpy as np
     from sklearn.feature_extraction.text import HashingVectorizer

@@ -22,7 +22,7 @@ def _train(tokenizer, loss="online_contrastive+multiple_negatives", epochs=4, se
 
 
 def test_training_learns_and_calibrates(tokenizer, tmp_path):
-    train, valid = synthetic_pairs(24, seed=0), synthetic_pairs(24, seed=1)
+    valid = synthetic_pairs(24, seed=1)
     untrained = SiameseModel(make_tiny_encoder(tokenizer, seed=0))
     before = best_f1(valid.labels, untrained.score_pairs(valid))[0]
     model, trainer, _, _ = _train(tokenizer, log_file=tmp_path / "log.jsonl")

@@ -111,23 +111,32 @@ def _image_evaluation_pairs(siamese, data: str, split: str, seed: int = 0):
     """Labelled pairs to evaluate an image model on: a pair/triplet list as it is, or from an image folder the
     identities of ``split`` (the stored identity split when the model was trained on this folder; ``all`` =
     every identity)."""
-    from twinnet.data.images import is_image_collection, read_image_folder, read_image_pairs
+    from twinnet.data.images import is_image_collection, read_image_pairs
 
     if not is_image_collection(data):
         return read_image_pairs(data)
-    collection = read_image_folder(data)
-    if split != "all":
-        stored = _image_split_settings(siamese.card_, data)
-        if stored is None:
-            raise TwinnetError(f"--split {split} needs the identity split of training, but this model was not trained "
-                               "on this image folder; pass --split all to evaluate on every identity", file=data)
-        parts = dict(zip(("train", "valid", "test"), collection.split(stored["valid_identities"],
-                                                                      stored["test_identities"],
-                                                                      seed=stored["split_seed"])))
-        if split not in parts:
-            raise TwinnetError(f"--split must be train, valid, test or all for an image folder, got {split!r}")
-        collection = parts[split]
+    collection = _image_split(siamese, data, split)
     return collection.verification_pairs(negatives_per_positive=1.0, seed=seed)
+
+
+def _image_split(siamese, data: str, split: str):
+    """The identities of ``split`` in an image folder, by the identity split stored when the model was trained on
+    it (``all`` = every identity)."""
+    from twinnet.data.images import read_image_folder
+
+    collection = read_image_folder(data)
+    if split == "all":
+        return collection
+    stored = _image_split_settings(siamese.card_, data)
+    if stored is None:
+        raise TwinnetError(f"--split {split} needs the identity split of training, but this model was not trained "
+                           "on this image folder; pass --split all to use every identity", file=data)
+    parts = dict(zip(("train", "valid", "test"), collection.split(stored["valid_identities"],
+                                                                  stored["test_identities"],
+                                                                  seed=stored["split_seed"])))
+    if split not in parts:
+        raise TwinnetError(f"--split must be train, valid, test or all for an image folder, got {split!r}")
+    return parts[split]
 
 
 Backend = Annotated[str, typer.Option("--backend", help="`torch`, `onnx` (fp32 graph from `twinnet export`) or "
@@ -648,7 +657,6 @@ def oneshot(
         twinnet oneshot models/mnist digits/ --ways 5 --episodes 1000
     """
     _setup(threads)
-    from twinnet.data.images import read_image_folder
     from twinnet.io import write_json
     from twinnet.oneshot import PixelEmbedder, one_shot_accuracy, read_omniglot_runs, sample_tasks
 
@@ -666,15 +674,7 @@ def oneshot(
         tasks = read_omniglot_runs(container)
         source = "official runs"
     else:
-        collection = read_image_folder(data)
-        if split != "all":
-            stored = _image_split_settings(siamese.card_, data)
-            if stored is None:
-                raise TwinnetError(f"--split {split} needs the model's identity split, but it was not trained on "
-                                   "this folder; use --split all", file=data)
-            parts = dict(zip(("train", "valid", "test"), collection.split(
-                stored["valid_identities"], stored["test_identities"], seed=stored["split_seed"])))
-            collection = parts[split]
+        collection = _image_split(siamese, data, split)
         tasks = sample_tasks(collection, ways, episodes=episodes, queries_per_class=queries, seed=seed)
         source = f"{len(tasks)} sampled tasks (seed {seed})"
     result = one_shot_accuracy(siamese, tasks).to_dict()

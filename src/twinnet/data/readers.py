@@ -60,12 +60,7 @@ def read_sts(path: str | os.PathLike[str]) -> PairDataset:
     sentence1, sentence2`` and sometimes two trailing source columns; no header, quotes are literal)
     into a graded :class:`PairDataset` (``scores`` 0–5)."""
     path = Path(path)
-    if not path.exists():
-        raise TwinnetError("file not found", file=path)
-    try:
-        lines = path.read_bytes().decode("utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise not_utf8(path) from None
+    lines = _utf8_lines(path)
     left, right, scores = [], [], []
     for row, line in enumerate(lines, start=1):
         if not line.strip():
@@ -162,12 +157,7 @@ def read_deepmatcher_splits(folder: str | os.PathLike[str], splits=SPLITS, **opt
 def read_ditto(path: str | os.PathLike[str], *, allow_empty_records: bool = False) -> PairDataset:
     """Read Ditto's ``COL a VAL v …<TAB>COL a VAL v …<TAB>label`` lines (the label is optional)."""
     path = Path(path)
-    if not path.exists():
-        raise TwinnetError("file not found", file=path)
-    try:
-        lines = path.read_bytes().decode("utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise not_utf8(path) from None
+    lines = _utf8_lines(path)
     left, right, labels = [], [], []
     labelled: bool | None = None
     for row, line in enumerate(lines, start=1):
@@ -346,3 +336,13 @@ def read_records(path: str | os.PathLike[str], **options: Any) -> tuple[list[str
         ids.extend(chunk_ids)
         records.extend(chunk)
     return ids, records
+
+
+def _utf8_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file, or an error naming the file (missing, or the first byte that is not UTF-8)."""
+    if not path.exists():
+        raise TwinnetError("file not found", file=path)
+    try:
+        return path.read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
