@@ -404,8 +404,9 @@ def main() -> None:
     parts = args.parts.split(",")
     for part in parts:
         if part == "scaling":
-            results = [r for r in results if not r["dataset"].startswith("synthetic")]
-            for size in map(int, args.sizes.split(",")):
+            sizes = [int(x) for x in args.sizes.split(",")]
+            results = [r for r in results if r.get("records") not in sizes or not r["dataset"].startswith("synthetic")]
+            for size in sizes:
                 with tempfile.TemporaryDirectory() as folder:
                     child("--one", f"prepare-{size}", "--folder", folder)
                     rows = child("--one", f"scaling-{size}", "--folder", folder)

@@ -147,3 +147,21 @@ def test_fingerprint_follows_the_weights(tiny_model, tmp_path):
     with __import__("torch").no_grad():
         next(tiny_model.parameters()).add_(1e-3)
     assert tiny_model.fingerprint() != first
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+def test_positional_index_labels_are_row_numbers_and_match_the_id_index(kind):
+    from twinnet.index import positional_index
+
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(400, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    positional = positional_index(vectors, kind=kind, chunk_size=64, nlist=4, nprobe=4)
+    scores, labels = positional.search_labels(vectors[:5], 3)
+    assert labels[:, 0].tolist() == [0, 1, 2, 3, 4]  # each vector finds itself first, by its row number
+    assert scores[:, 0] == pytest.approx(np.ones(5), abs=1e-5)
+    exact = VectorIndex(16)
+    exact.add([str(i) for i in range(400)], vectors)
+    expected = exact.search(vectors[:5], 3)
+    if kind != "ivf":  # flat and hnsw (at this size) are exact
+        assert labels.astype(str).tolist() == expected.ids.tolist()

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from twinnet.errors import TwinnetError
-from twinnet.index import VectorIndex
+from twinnet.index import positional_index
 
 if TYPE_CHECKING:
     from twinnet.data.pairs import PairDataset
@@ -107,13 +107,9 @@ def block(embeddings: np.ndarray, other: np.ndarray | None = None, *, k: int = 1
     stored = queries if other is None else _normalised(other)
     if len(stored) == 0 or len(queries) == 0:
         return Candidates(*_empty_pairs())
-    index = VectorIndex(stored.shape[1], kind=auto_index_kind(index_kind, len(stored)), **index_options)
-    if index.kind.startswith("ivf"):  # train the cells on a random sample, not on whatever comes first
-        sample = np.random.default_rng(0).choice(len(stored), min(len(stored), 100_000), replace=False)
-        index.train(stored[np.sort(sample)])
-    for start in range(0, len(stored), chunk_size * 8):  # a fresh index labels rows 0..n-1
-        index.add(np.arange(start, min(start + chunk_size * 8, len(stored))).astype(str),
-                  stored[start: start + chunk_size * 8])
+    # labels are row numbers: no string ids for a one-off search, so memory is the vectors themselves
+    index = positional_index(stored, kind=auto_index_kind(index_kind, len(stored)), chunk_size=chunk_size * 8,
+                             **index_options)
     width = min(k + (other is None), len(stored))
     lefts, rights = [], []
     for start in range(0, len(queries), chunk_size):
@@ -336,16 +332,21 @@ def auto_index_kind(kind: str, n: int) -> str:
     return "flat" if n <= 200_000 else "ivfsq"
 
 
-def _normalised(matrix: np.ndarray) -> np.ndarray:
-    matrix = np.asarray(matrix, dtype=np.float32)
+def _normalised(matrix: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """Unit-length rows; the input itself when it is already so. Checked and measured in row chunks, so that a
+    million embeddings do not get a full-size temporary copy (or two) just to be validated."""
+    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
     if matrix.ndim != 2:
         raise TwinnetError(f"embeddings must be a 2-D matrix, got shape {matrix.shape}")
-    if not np.isfinite(matrix).all():
-        raise TwinnetError("embeddings hold NaN or infinite values")
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    norms = np.empty(len(matrix), dtype=np.float32)
+    for start in range(0, len(matrix), chunk):
+        block = matrix[start: start + chunk]
+        if not np.isfinite(block).all():
+            raise TwinnetError("embeddings hold NaN or infinite values")
+        norms[start: start + len(block)] = np.sqrt(np.einsum("ij,ij->i", block, block))
     if np.allclose(norms, 1.0, atol=1e-4):
-        return np.ascontiguousarray(matrix)
-    return np.ascontiguousarray(matrix / np.clip(norms, 1e-12, None))
+        return matrix
+    return matrix / np.clip(norms, 1e-12, None)[:, None]
 
 
 def _row_dot(a: np.ndarray, b: np.ndarray, rows: np.ndarray, cols: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:

@@ -315,16 +315,18 @@ class VectorIndex:
             return np.ascontiguousarray(vectors)
         return np.ascontiguousarray(vectors / np.clip(norms, 1e-12, None), dtype=np.float32)
 
-    def _new_faiss(self, first: np.ndarray) -> Any:
+    def _new_faiss(self, first: np.ndarray, *, id_map: bool = True) -> Any:
+        """A new faiss index of this kind (IVF cells trained on ``first``). ``id_map=False`` leaves out what
+        string ids, upsert and delete need (id maps, a direct map): labels are then the order of addition."""
         import faiss
 
         d, ip = self.dimension, faiss.METRIC_INNER_PRODUCT
         if self.kind == "flat":
-            return faiss.IndexIDMap2(faiss.IndexFlatIP(d))
+            return faiss.IndexIDMap2(faiss.IndexFlatIP(d)) if id_map else faiss.IndexFlatIP(d)
         if self.kind == "hnsw":
             graph = faiss.IndexHNSWFlat(d, self.hnsw_m, ip)
             graph.hnsw.efConstruction = self.ef_construction
-            return faiss.IndexIDMap2(graph)
+            return faiss.IndexIDMap2(graph) if id_map else graph
         # IVF keeps the ids itself; wrapping it in IndexIDMap would break remove_ids.
         nlist = self.nlist or max(1, min(int(4 * math.sqrt(len(first))), len(first) // 39 or 1))
         self.nlist = nlist
@@ -340,12 +342,34 @@ class VectorIndex:
             self.pq_m = m
             bits = 8 if len(first) >= 256 * 39 else max(1, int(math.log2(max(len(first) // 39, 2))))
             index = faiss.IndexIVFPQ(quantizer, d, nlist, m, bits, ip)
-        index.set_direct_map_type(faiss.DirectMap.Hashtable)  # reconstruct by id, with removals
+        if id_map:
+            index.set_direct_map_type(faiss.DirectMap.Hashtable)  # reconstruct by id, with removals
         sample = first if len(first) <= 200_000 else first[np.random.default_rng(0).choice(len(first), 200_000,
                                                                                            replace=False)]
         index.train(sample)
         index.quantizer_trains_alone = 0
         return index
+
+
+def positional_index(vectors: np.ndarray, *, kind: str = "flat", chunk_size: int = 65536,
+                     **options: Any) -> VectorIndex:
+    """An index over unit-length ``vectors`` whose faiss labels are their row numbers, for one-off k-NN
+    blocking through :meth:`VectorIndex.search_labels`.
+
+    It keeps no string ids and no direct map (so no upsert, delete or save): for a million vectors the memory is
+    the stored vectors alone, where a :class:`VectorIndex` would add two id dictionaries of a million entries.
+    IVF cells are trained on a seeded random sample of at most 100,000 rows, not on whatever comes first.
+    """
+    index = VectorIndex(vectors.shape[1], kind=kind, **options)
+    if index.kind.startswith("ivf"):
+        sample = np.random.default_rng(0).choice(len(vectors), min(len(vectors), 100_000), replace=False)
+        first = vectors[np.sort(sample)]
+    else:
+        first = vectors[:1]
+    index._faiss = index._new_faiss(first, id_map=False)
+    for start in range(0, len(vectors), chunk_size):
+        index._faiss.add(np.ascontiguousarray(vectors[start: start + chunk_size], dtype=np.float32))
+    return index
 
 
 def _default_pq_m(dimension: int) -> int:
