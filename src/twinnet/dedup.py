@@ -349,7 +349,8 @@ def _normalised(matrix: np.ndarray, chunk: int = 65536) -> np.ndarray:
     return matrix / np.clip(norms, 1e-12, None)[:, None]
 
 
-def _row_dot(a: np.ndarray, b: np.ndarray, rows: np.ndarray, cols: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
+def _row_dot(a: np.ndarray, b: np.ndarray, rows: np.ndarray, cols: np.ndarray, chunk: int = 1 << 15) -> np.ndarray:
+    # each chunk gathers two (chunk x dimension) blocks: 32k rows of 384 floats are 50 MB each, 1M rows were 1.5 GB
     out = np.empty(len(rows), dtype=np.float32)
     for start in range(0, len(rows), chunk):
         r, c = rows[start: start + chunk], cols[start: start + chunk]
