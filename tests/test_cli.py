@@ -144,3 +144,20 @@ def test_machine_readable_output_is_not_wrapped(trained, monkeypatch):
     result = runner.invoke(app, ["verify", str(trained / "model"), "a long record text " * 3, "another one " * 3])
     assert result.exit_code == 0
     assert len(result.output.strip().splitlines()) == 1 and json.loads(result.output)["threshold"]
+
+
+def test_atomic_outputs_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    from twinnet.io import atomic_folder, write_json
+
+    mask = os.umask(0o022)
+    try:
+        write_json(tmp_path / "a.json", {"x": 1})
+        with atomic_folder(tmp_path / "folder") as staging:
+            (staging / "f.txt").write_text("x")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "folder").stat().st_mode) == 0o755

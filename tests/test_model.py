@@ -153,3 +153,12 @@ def test_unnormalised_model_folder_matches_sentence_transformers(tokenizer, tmp_
     folder = model.save(tmp_path / "raw")
     modules = json.loads((folder / "modules.json").read_text())
     assert [m["path"] for m in modules] == ["", "1_Pooling"] and not (folder / "2_Normalize").exists()
+
+
+def test_c11_verify_refuses_an_empty_record_as_pair_files_and_the_service_do(tiny_model):
+    tiny_model.calibration_ = None
+    with pytest.raises(TwinnetError, match="right record is empty"):
+        tiny_model.verify("sony tv", "   ")
+    with pytest.raises(TwinnetError, match="left item 1 is empty"):
+        tiny_model.verify(["a", {"title": ""}], ["b", "c"])
+    assert tiny_model.verify("sony tv", "sony tv", threshold=0.5).same  # non-empty pairs still decide

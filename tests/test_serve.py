@@ -222,3 +222,9 @@ def test_search_endpoint_with_an_index(calibrated):
     no_index = create_app(calibrated, api_keys={KEY})
     with TestClient(no_index) as c:
         assert c.post("/v1/search", json={"queries": ["x"]}, headers=HEADERS).status_code == 404
+
+
+def test_an_app_whose_startup_did_not_run_answers_503_not_a_crash(calibrated):
+    c = TestClient(create_app(calibrated))  # used outside `with`: the lifespan never starts the batcher
+    answer = c.post("/v1/embed", json={"inputs": ["x"]})
+    assert answer.status_code == 503 and "has not started" in answer.json()["error"]["message"]

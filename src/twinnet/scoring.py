@@ -139,6 +139,14 @@ class PairScorer:
         if single and not (isinstance(left, (str, dict)) and isinstance(right, (str, dict))):
             raise TwinnetError("verify() takes two records, or two equally long lists of records")
         lefts, rights = ([left], [right]) if single else (list(left), list(right))
+        if self.input_modality == "text":
+            # An empty record can be embedded (a defined vector), but "is it the same item?" has no answer for it:
+            # refused here as in pair files and the service, so every face gives the same answer.
+            for name, records in (("left", lefts), ("right", rights)):
+                for i, text in enumerate(self.to_inputs(records, what=f"{name} item")):
+                    if not text.strip():
+                        where = f"{name} record" if single else f"{name} item {i}"
+                        raise TwinnetError(f"{where} is empty (after stripping whitespace); nothing to compare")
         decisions = self.decide(self.score(lefts, rights), threshold=threshold, fmr=fmr)
         return decisions[0] if single else decisions
 

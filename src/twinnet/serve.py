@@ -279,7 +279,7 @@ def create_app(model: PairScorer, *, api_keys: set[str] | None = None,
 
     @app.get("/v1/health")
     async def health() -> dict[str, Any]:
-        batcher: MicroBatcher = app.state.batcher
+        batcher = _batcher(app)
         return {"status": "ok", "backend": backend, "passes": batcher.passes,
                 "inputs_encoded": batcher.inputs_encoded, "queued": batcher.queue.qsize()}
 
@@ -290,7 +290,7 @@ def create_app(model: PairScorer, *, api_keys: set[str] | None = None,
     @app.post("/v1/embed", response_model=EmbedResponse)
     async def embed(body: EmbedRequest, request: Request) -> dict[str, Any]:
         inputs = _checked_inputs(model, body.inputs, settings, request)
-        emb, cut = await app.state.batcher.embed(inputs)
+        emb, cut = await _batcher(app).embed(inputs)
         return {"embeddings": emb.tolist(), "dimension": int(emb.shape[1]) if emb.ndim == 2 else 0,
                 "truncated": [{"item": i, "tokens_cut": int(c)} for i, c in enumerate(cut) if c > 0]}
 
@@ -304,7 +304,7 @@ def create_app(model: PairScorer, *, api_keys: set[str] | None = None,
             threshold = model.decision_threshold(body.threshold, fmr=body.fmr)
         except TwinnetError as exc:
             raise ApiError(409 if model.calibration_ is None else 422, str(exc)) from None
-        emb, cut = await app.state.batcher.embed(lefts + rights)
+        emb, cut = await _batcher(app).embed(lefts + rights)
         n = len(lefts)
         scores = cosine_rows(emb[:n], emb[n:], normalized=model.normalize)
         decisions = model.decide(scores, threshold=threshold)
@@ -331,7 +331,7 @@ def create_app(model: PairScorer, *, api_keys: set[str] | None = None,
             vectors = index.reconstruct(body.ids)
         else:
             inputs = _checked_inputs(model, body.queries, settings, request)
-            vectors, cut = await app.state.batcher.embed(inputs)
+            vectors, cut = await _batcher(app).embed(inputs)
         found = index.search(vectors, body.k)
         scores = np.nan_to_num(found.scores.ravel()).astype(np.float64)
         probabilities = model.predict_proba_scores(scores).reshape(found.scores.shape)
@@ -404,6 +404,16 @@ def _precheck(path: str, headers: dict[str, str], keys: set[str], settings: Serv
         if not any(hmac.compare_digest(given.encode(), k.encode()) for k in keys):
             return _error(401, "missing or wrong API key (send 'X-API-Key: KEY' or 'Authorization: Bearer KEY')")
     return None
+
+
+def _batcher(app: FastAPI) -> MicroBatcher:
+    """The running micro-batcher; 503 when the app's lifespan has not started it (e.g. a TestClient used
+    outside ``with``), rather than an AttributeError deep in a handler."""
+    batcher = getattr(app.state, "batcher", None)
+    if batcher is None:
+        raise ApiError(503, "the service has not started: run it under uvicorn (twinnet serve), or enter "
+                            "`with TestClient(app)` so that its startup runs")
+    return batcher
 
 
 def _check_count(count: int, settings: ServeSettings) -> None:
