@@ -153,6 +153,12 @@ def test_record_table_errors_name_the_row(tmp_path, calibrated_folder):
     result = runner.invoke(app, ["dedup", str(calibrated_folder), str(table), "--ignore", "truth",
                                  "-o", str(tmp_path / "c.csv")])
     assert result.exit_code == 2 and "no column 'truth'" in result.output
+    (tmp_path / "done.csv").write_text("kept")  # an existing output is refused before the table is even read
+    for command in (["dedup", str(calibrated_folder), str(tmp_path / "missing.csv")],
+                    ["link", str(calibrated_folder), str(tmp_path / "missing.csv"), str(table)]):
+        result = runner.invoke(app, [*command, "-o", str(tmp_path / "done.csv")])
+        assert result.exit_code == 2 and "already exists" in result.output, result.output
+    assert (tmp_path / "done.csv").read_text() == "kept"
 
 
 def test_mined_training_pairs_hold_entity_positives_and_cross_entity_negatives(tiny_model):

@@ -999,12 +999,17 @@ BatchSize = Annotated[int, typer.Option(help="Records per forward pass.")]
 Overwrite = Annotated[bool, typer.Option(help="Replace existing output files.")]
 
 
-def _write_match_result(result, output: Path, pairs_output: Path | None, overwrite: bool) -> None:
-    from twinnet.io import write_table
-
+def _refuse_existing(output: Path, pairs_output: Path | None, overwrite: bool) -> None:
+    """Checked before any embedding, so an existing output stops the command at once, not after the work."""
     for path in (output, pairs_output):
         if path is not None and path.exists() and not overwrite:
             raise TwinnetError("output already exists; pass --overwrite to replace it", file=path)
+
+
+def _write_match_result(result, output: Path, pairs_output: Path | None, overwrite: bool) -> None:
+    from twinnet.io import write_table
+
+    _refuse_existing(output, pairs_output, overwrite)  # again: a file may have appeared meanwhile
     write_table(result.clusters, output)
     if pairs_output is not None:
         write_table(result.pairs, pairs_output)
@@ -1040,6 +1045,7 @@ def dedup(
         twinnet dedup models/products catalogue.csv -o clusters.csv --pairs matches.csv
     """
     _setup(threads)
+    _refuse_existing(output, pairs_output, overwrite)
     from twinnet.dedup import probability_map, deduplicate_embeddings
 
     model = _load_model(model_path, backend, threads)
@@ -1075,6 +1081,7 @@ def link(
           --clustering one_to_one
     """
     _setup(threads)
+    _refuse_existing(output, pairs_output, overwrite)
     from twinnet.dedup import probability_map, link_embeddings
 
     model = _load_model(model_path, backend, threads)

@@ -104,8 +104,11 @@ class PairScorer:
         """Cosine similarity of each (left[i], right[i]) pair; every distinct record is embedded once."""
         if len(left) != len(right):
             raise TwinnetError(f"left has {len(left)} records but right has {len(right)}")
-        inputs = self.to_inputs(list(left), what="left item") + self.to_inputs(list(right), what="right item")
-        emb = self._embed_inputs(inputs, batch_size=batch_size)
+        return self._score_inputs(self.to_inputs(list(left), what="left item"),
+                                  self.to_inputs(list(right), what="right item"), batch_size=batch_size)
+
+    def _score_inputs(self, left: list[Any], right: list[Any], *, batch_size: int = 64) -> np.ndarray:
+        emb = self._embed_inputs(left + right, batch_size=batch_size)
         return cosine_rows(emb[: len(left)], emb[len(left):], normalized=self.normalize)
 
     def score_pairs(self, pairs: PairDataset, *, batch_size: int = 64) -> np.ndarray:
@@ -139,15 +142,18 @@ class PairScorer:
         if single and not (isinstance(left, (str, dict)) and isinstance(right, (str, dict))):
             raise TwinnetError("verify() takes two records, or two equally long lists of records")
         lefts, rights = ([left], [right]) if single else (list(left), list(right))
+        if len(lefts) != len(rights):
+            raise TwinnetError(f"left has {len(lefts)} records but right has {len(rights)}")
+        sides = {"left": self.to_inputs(lefts, what="left item"), "right": self.to_inputs(rights, what="right item")}
         if self.input_modality == "text":
             # An empty record can be embedded (a defined vector), but "is it the same item?" has no answer for it:
             # refused here as in pair files and the service, so every face gives the same answer.
-            for name, records in (("left", lefts), ("right", rights)):
-                for i, text in enumerate(self.to_inputs(records, what=f"{name} item")):
+            for name, texts in sides.items():
+                for i, text in enumerate(texts):
                     if not text.strip():
                         where = f"{name} record" if single else f"{name} item {i}"
                         raise TwinnetError(f"{where} is empty (after stripping whitespace); nothing to compare")
-        decisions = self.decide(self.score(lefts, rights), threshold=threshold, fmr=fmr)
+        decisions = self.decide(self._score_inputs(sides["left"], sides["right"]), threshold=threshold, fmr=fmr)
         return decisions[0] if single else decisions
 
     def predict_proba_scores(self, scores: np.ndarray) -> np.ndarray:
