@@ -72,7 +72,8 @@ def _train(model, recipe: dict, train_pairs, valid_pairs, seed: int, epochs: int
     from twinnet import Trainer
 
     trainer = Trainer(model, loss=recipe["loss"], epochs=epochs, batch_size=recipe["batch_size"],
-                      learning_rate=recipe["learning_rate"], seed=seed, warmup_ratio=0.05, progress=False)
+                      learning_rate=recipe["learning_rate"], seed=seed, warmup_ratio=0.05, progress=False,
+                      mixed_precision=recipe.get("mixed_precision", "no"))
     started = time.perf_counter()
     trainer.fit(train_pairs, valid_pairs)
     return time.perf_counter() - started
@@ -258,6 +259,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=0, help="override every recipe's epochs")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     parser.add_argument("--quick", action="store_true", help="small slices and 2-3 epochs: checks the wiring")
+    parser.add_argument("--recipe", default="", help='JSON merged into each selected part\'s recipe, e.g. '
+                        '\'{"image_size": 35, "mixed_precision": "bf16"}\'')
     parser.add_argument("--output", default="images", help="results name (benchmarks/results/NAME.json/.md)")
     args = parser.parse_args()
     import torch
@@ -265,6 +268,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
+    if args.recipe:
+        for recipe in RECIPES.values():
+            recipe.update(json.loads(args.recipe))
     runners = {"omniglot": lambda: run_omniglot(args.quick, epochs=args.epochs),
                "orl": lambda: run_orl(args.quick, seeds, epochs=args.epochs),
                "mnist": lambda: run_mnist(args.quick, epochs=args.epochs)}

@@ -3,9 +3,9 @@
 Starts the service as a real uvicorn process, runs ``--clients`` concurrent asyncio/aiohttp clients posting
 one Abt-Buy test pair per request to ``/v1/verify`` for ``--seconds``, and reports throughput, p50/p99 latency
 and errors. Then the same load against the service with micro-batching off (``--max-batch 1``) for the
-throughput ratio.
+throughput ratio. Each backend in ``--backends`` (torch, torch-bf16, onnx-int8 by default) gets both runs.
 
-    python benchmarks/load.py --model models/abt-buy
+    python benchmarks/load.py --model models/abt-buy      # 3 backends x 2 runs x 2 minutes
 """
 
 from __future__ import annotations
@@ -107,42 +107,50 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=120)
     parser.add_argument("--baseline-seconds", type=float, default=120, help="duration of the --max-batch 1 run")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--backend", default="torch")
+    parser.add_argument("--backends", default="torch,torch-bf16,onnx-int8",
+                        help="comma-separated `twinnet serve --backend` values, each measured batched and batch 1")
     args = parser.parse_args()
 
     from twinnet import SiameseModel, datasets
+    from twinnet.model import bf16_cpu_supported
 
     _, _, test = datasets.load_pairs("abt-buy")
     serializer = SiameseModel.load(args.model).serializer
     pairs = list(zip(serializer.serialize_many(test.left), serializer.serialize_many(test.right)))
-    results = []
-    for max_batch, seconds in ((128, args.seconds), (1, args.baseline_seconds)):
-        port = free_port()
-        server = start_server(args.model, port, max_batch, args.threads, args.backend)
-        try:
-            measured = asyncio.run(load(port, pairs, args.clients, seconds))
-        finally:
-            server.terminate()
-            server.wait(timeout=60)
-        method = "twinnet-serve" if max_batch > 1 else "twinnet-serve-batch1"
-        for metric in ("requests_per_s", "p99_ms", "errors"):
-            results.append({"dataset": "Abt-Buy test pairs", "method": method, "metric": metric,
-                            "value": measured[metric], **measured, "clients": args.clients, "max_batch": max_batch,
-                            "backend": args.backend, "threads": args.threads})
-        print(method, measured, flush=True)
-    batched = next(r["value"] for r in results if r["method"] == "twinnet-serve" and r["metric"] == "requests_per_s")
-    single = next(r["value"] for r in results if r["method"] == "twinnet-serve-batch1" and
-                  r["metric"] == "requests_per_s")
-    results.append({"dataset": "Abt-Buy test pairs", "method": "twinnet-serve", "metric": "microbatch_speedup",
-                    "value": round(batched / single, 2)})
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if "torch-bf16" in backends and not bf16_cpu_supported():
+        print("skipping torch-bf16: this CPU has no native bfloat16", flush=True)
+        backends.remove("torch-bf16")
+    results, speedups = [], {}
+    for backend in backends:
+        rates = {}
+        for max_batch, seconds in ((128, args.seconds), (1, args.baseline_seconds)):
+            port = free_port()
+            server = start_server(args.model, port, max_batch, args.threads, backend)
+            try:
+                measured = asyncio.run(load(port, pairs, args.clients, seconds))
+            finally:
+                server.terminate()
+                server.wait(timeout=60)
+            method = "twinnet-serve" if max_batch > 1 else "twinnet-serve-batch1"
+            for metric in ("requests_per_s", "p99_ms", "errors"):
+                results.append({"dataset": "Abt-Buy test pairs", "method": method, "metric": metric,
+                                "value": measured[metric], **measured, "clients": args.clients,
+                                "max_batch": max_batch, "backend": backend, "threads": args.threads})
+            rates[max_batch] = measured["requests_per_s"]
+            print(backend, method, measured, flush=True)
+        speedups[backend] = round(rates[128] / rates[1], 2)
+        results.append({"dataset": "Abt-Buy test pairs", "method": "twinnet-serve", "metric": "microbatch_speedup",
+                        "value": speedups[backend], "backend": backend})
     command = (f"python benchmarks/load.py --model {args.model} --clients {args.clients} --seconds {args.seconds} "
-               f"--backend {args.backend}")
+               f"--backends {','.join(backends)}")
     path = write_results("load", results, command)
     (RESULTS / "load.md").write_text(
-        "| run | requests/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|\n" + "".join(
-            f"| {r['method']} (max batch {r['max_batch']}, {r['clients']} clients, {r['wall_s']} s) | "
+        "| backend | run | requests/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|---|\n" + "".join(
+            f"| {r['backend']} | {r['method']} (max batch {r['max_batch']}, {r['clients']} clients, {r['wall_s']} s) | "
             f"{r['requests_per_s']} | {r['p50_ms']} | {r['p99_ms']} | {r['errors']} |\n"
-            for r in results if r["metric"] == "requests_per_s") + f"\nmicro-batching speed-up: {batched / single:.2f}×\n")
+            for r in results if r["metric"] == "requests_per_s")
+        + "\nmicro-batching speed-up: " + ", ".join(f"{b}: {v:.2f}×" for b, v in speedups.items()) + "\n")
     print(f"wrote {path}")
 
 

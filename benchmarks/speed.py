@@ -1,5 +1,5 @@
 """CPU encoding speed, side by side in one run: sentence-transformers ``encode`` vs twinnet (PyTorch, ONNX fp32,
-ONNX int8) on the same trained model folder, the same records, batch size and thread count.
+ONNX int8, and PyTorch under bfloat16 autocast where the CPU has native bfloat16) on the same trained model folder, the same records, batch size and thread count.
 
 Records: the Abt-Buy and Amazon-Google tables (tableA + tableB), serialised as in the ER-Magellan recipes; every
 backend gets the same texts.
@@ -61,6 +61,7 @@ def main() -> None:
 
     from twinnet import SiameseModel, datasets
     from twinnet.export import export_onnx
+    from twinnet.model import bf16_cpu_supported
     from twinnet.metrics import binary_metrics
     from twinnet.runtime import OnnxSiameseModel
     from twinnet.scoring import cosine_rows
@@ -74,6 +75,8 @@ def main() -> None:
         "twinnet-onnx-fp32": OnnxSiameseModel.load(folder, threads=args.threads),
         "twinnet-onnx-int8": OnnxSiameseModel.load(folder, quantized=True, threads=args.threads),
     }
+    if bf16_cpu_supported():  # bfloat16 autocast: only where the CPU computes it natively
+        backends["twinnet-torch-bf16"] = SiameseModel.load(folder).set_inference_precision("bf16")
     reference = SentenceTransformer(str(folder), device="cpu")
     reference.max_seq_length = model.encoder.max_length
 

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from common import RESULTS, peak_rss_mb, write_results  # noqa: E402
+from common import RESULTS, sentence_transformers_pairs_per_s, peak_rss_mb, write_results  # noqa: E402
 
 # Recipes tried on the same data; the winner is the one with the best dev Spearman (never test).
 RECIPES = {
@@ -90,7 +90,6 @@ def throughput(steps: int, batch_size: int, max_length: int, chunk: int, learnin
     import torch
 
     from twinnet import SiameseModel, Trainer, datasets
-    from twinnet.encoders.text import resolve_model_path
 
     train, _, _ = datasets.load_pairs("stsb")
     order = np.random.default_rng(0).permutation(len(train))[: steps * batch_size]
@@ -108,22 +107,9 @@ def throughput(steps: int, batch_size: int, max_length: int, chunk: int, learnin
     ours, epoch = twinnet_pairs_per_s(chunk)
     one_pass = twinnet_pairs_per_s(0)[0] if chunk else None
 
-    from datasets import Dataset
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
-    from sentence_transformers.sentence_transformer.losses import CoSENTLoss
-    from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
-
-    st_model = SentenceTransformer(resolve_model_path("sentence-transformers/all-MiniLM-L6-v2"), device="cpu")
-    st_model.max_seq_length = max_length
-    data = Dataset.from_dict({"sentence1": [str(x) for x in pairs.left], "sentence2": [str(x) for x in pairs.right],
-                              "score": (pairs.scores / 5.0).tolist()})
-    args = SentenceTransformerTrainingArguments(
-        output_dir=str(RESULTS.parent / ".st-throughput"), per_device_train_batch_size=batch_size, max_steps=steps,
-        learning_rate=learning_rate, warmup_steps=0.1, seed=42, report_to="none", save_strategy="no",
-        logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0, use_cpu=not torch.cuda.is_available())
-    st_trainer = SentenceTransformerTrainer(model=st_model, args=args, train_dataset=data, loss=CoSENTLoss(st_model))
-    output = st_trainer.train()
-    theirs = steps * batch_size / output.metrics["train_runtime"]
+    theirs = sentence_transformers_pairs_per_s(list(pairs.left), list(pairs.right), (pairs.scores / 5.0).tolist(),
+                                               "cosent", batch_size=batch_size, max_length=max_length,
+                                               learning_rate=learning_rate, max_steps=steps)
     common = {"dataset": "STS-B", "steps": steps, "batch_size": batch_size, "max_length": max_length,
               "threads": threads, "loss": "CoSENT"}
     variant = ([{**common, "method": "twinnet-variant", "metric": "pairs_per_s", "value": round(one_pass, 2),

@@ -113,6 +113,26 @@ def test_cli_export_and_onnx_backend(tmp_path, tiny_model):
     missing = runner.invoke(app, ["embed", str(folder), str(records), "-o", str(tmp_path / "x.npy"),
                                   "--backend", "onnx-int8"])
     assert missing.exit_code == 2 and "--quantize int8" in missing.output
+    unknown = runner.invoke(app, ["embed", str(folder), str(records), "-o", str(tmp_path / "y.npy"),
+                                  "--backend", "tensorrt"])
+    assert unknown.exit_code == 2 and "torch-bf16" in unknown.output and not (tmp_path / "y.npy").exists()
+
+
+def test_cli_torch_bf16_backend_matches_fp32(tmp_path, tiny_model, monkeypatch):
+    import twinnet.model as model_module
+
+    monkeypatch.setattr(model_module, "bf16_cpu_supported", lambda: True)  # emulated where absent: slow, same math
+    folder = tiny_model.save(tmp_path / "m")
+    records = tmp_path / "records.csv"
+    records.write_text("id,text\n1,sony tv xr100\n2,lg speaker\n3,bose soundlink mini\n")
+    runner = CliRunner()
+    for backend in ("torch", "torch-bf16"):
+        done = runner.invoke(app, ["embed", str(folder), str(records), "-o", str(tmp_path / f"{backend}.npy"),
+                                   "--backend", backend])
+        assert done.exit_code == 0, done.output
+    low, full = np.load(tmp_path / "torch-bf16.npy"), np.load(tmp_path / "torch.npy")
+    assert low.shape == full.shape == (3, tiny_model.embedding_dim)
+    assert float((low * full).sum(1).min()) >= 0.99 and not np.array_equal(low, full)
 
 
 def test_parity_check_feeds_the_serialised_text(tmp_path, tokenizer):

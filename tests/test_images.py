@@ -277,6 +277,11 @@ def test_augmentation_only_in_training_mode_and_seeded():
     # with every range at zero, the distortion is the identity
     identity = ImageEncoder(image_size=16, widths=(4, 8), augment=Augmentation(0, 0, (1, 1), 0, 0, 0)).train()
     assert torch.allclose(identity.collate(prepared)["pixels"], plain, atol=1e-5)
+    # flip alone mirrors left-right, exactly (pixel centres map onto pixel centres)
+    mirror = ImageEncoder(image_size=16, widths=(4, 8), augment=Augmentation(0, 0, (1, 1), 0, 0, 0, flip=1.0)).train()
+    assert torch.allclose(mirror.collate(prepared)["pixels"], torch.flip(plain, dims=[3]), atol=1e-5)
+    with pytest.raises(TwinnetError, match="flip"):
+        Augmentation(flip=1.5)
 
 
 def test_backbone_weights_from_safetensors(tmp_path):

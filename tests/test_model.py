@@ -162,3 +162,42 @@ def test_c11_verify_refuses_an_empty_record_as_pair_files_and_the_service_do(tin
     with pytest.raises(TwinnetError, match="left item 1 is empty"):
         tiny_model.verify(["a", {"title": ""}], ["b", "c"])
     assert tiny_model.verify("sony tv", "sony tv", threshold=0.5).same  # non-empty pairs still decide
+
+
+def test_length_batches_cut_where_padding_would_waste_and_keep_every_row():
+    from twinnet.scoring import length_batches
+
+    costs = [40, 12, 12, 13, 41, 12, 39, 13]
+    batches = length_batches(costs, batch_size=64)
+    # short rows (12-13 tokens) never share a batch with the long ones (39-41): that would pad 5 rows to 41
+    assert [sorted(costs[i] for i in b) for b in batches] == [[12, 12, 12, 13, 13], [39, 40, 41]]
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(costs)))
+    # the row cap still holds when every row has the same length
+    assert [len(b) for b in length_batches([20] * 10, batch_size=4)] == [4, 4, 2]
+    assert length_batches([], batch_size=4) == []
+
+
+def test_length_batches_give_the_same_embeddings_as_one_pass(tiny_model):
+    texts = ["a", "a much longer product title with many words in it 123", "b c", "tv", "another long title here ok"]
+    batched = tiny_model.embed(texts, batch_size=64)
+    single = np.stack([tiny_model.embed([t])[0] for t in texts])
+    assert np.abs(batched - single).max() <= 1e-5
+
+
+def test_bf16_inference_is_close_to_fp32_and_refused_without_native_support(tiny_model, monkeypatch):
+    import twinnet.model as model_module
+
+    texts = ["sony camera xr100", "lg television kd250 from lg", ""]
+    reference = tiny_model.embed(texts)
+    with pytest.raises(TwinnetError, match="fp32 or bf16"):
+        tiny_model.set_inference_precision("fp16")
+    monkeypatch.setattr(model_module, "bf16_cpu_supported", lambda: False)
+    with pytest.raises(TwinnetError, match="no native bfloat16"):
+        tiny_model.set_inference_precision("bf16")
+    assert tiny_model.inference_precision == "fp32"
+    monkeypatch.setattr(model_module, "bf16_cpu_supported", lambda: True)  # emulated is slow but still correct
+    low = tiny_model.set_inference_precision("bf16").embed(texts)
+    assert low.dtype == np.float32
+    assert float((low * reference).sum(1).min()) >= 0.99
+    assert not np.array_equal(low, reference)  # the autocast really ran
+    assert tiny_model.set_inference_precision("fp32").embed(texts) == pytest.approx(reference, abs=1e-6)

@@ -139,20 +139,21 @@ def _image_split(siamese, data: str, split: str):
     return parts[split]
 
 
-Backend = Annotated[str, typer.Option("--backend", help="`torch`, `onnx` (fp32 graph from `twinnet export`) or "
-                                                      "`onnx-int8` (the quantised graph).")]
+Backend = Annotated[str, typer.Option("--backend", help="`torch`, `torch-bf16` (bfloat16 autocast: CPUs with "
+                                                      "AVX512-BF16/AMX, or GPUs), `onnx` (fp32 graph from "
+                                                      "`twinnet export`) or `onnx-int8` (the quantised graph).")]
 
 
 def _load_model(path: Path, backend: str = "torch", threads: int | None = None):
-    if backend == "torch":
+    if backend in ("torch", "torch-bf16"):
         from twinnet.model import SiameseModel
 
-        return SiameseModel.load(path)
+        return SiameseModel.load(path).set_inference_precision("bf16" if backend == "torch-bf16" else "fp32")
     if backend in ("onnx", "onnx-int8"):
         from twinnet.runtime import OnnxSiameseModel
 
         return OnnxSiameseModel.load(path, quantized=backend == "onnx-int8", threads=threads)
-    raise TwinnetError(f"--backend must be torch, onnx or onnx-int8, got {backend!r}")
+    raise TwinnetError(f"--backend must be torch, torch-bf16, onnx or onnx-int8, got {backend!r}")
 
 
 def _embed_file(model, path: Path, *, batch_size: int = 64, ignore: tuple[str, ...] = (),

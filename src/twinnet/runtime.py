@@ -20,7 +20,7 @@ from twinnet.calibration import Calibrator
 from twinnet.data.records import RecordSerializer
 from twinnet.errors import TwinnetError
 from twinnet.io import read_model_config
-from twinnet.scoring import PairScorer, Truncation, unique_inputs
+from twinnet.scoring import PairScorer, Truncation, length_batches, unique_inputs
 
 ONNX_DIR = "onnx"
 FILES = {"fp32": "model.onnx", "int8": "model_int8.onnx"}
@@ -167,10 +167,8 @@ class OnnxSiameseModel(PairScorer):
         unique, inverse = unique_inputs(inputs)
         ids, cut = self.tokenizer(unique)
         self._record_truncation(cut, inverse)
-        order = np.argsort([len(x) for x in ids], kind="stable")
         out: np.ndarray | None = None
-        for start in range(0, len(order), batch_size):
-            rows = order[start: start + batch_size]
+        for rows in length_batches([len(x) for x in ids], batch_size):
             width = max(len(ids[i]) for i in rows)
             input_ids = np.full((len(rows), width), self.tokenizer.pad_id, dtype=np.int64)
             mask = np.zeros((len(rows), width), dtype=np.int64)

@@ -42,7 +42,9 @@ class Augmentation:
 
     rotation: ± degrees; shear: ± shear factor on each axis; scale: zoom range; translate: ± fraction of the image
     size; brightness: ± added to pixels in [0, 1]; contrast: factor in ``[1 - contrast, 1 + contrast]`` around the
-    image mean; probability: the share of images that are distorted at all (Koch applies each part with 0.5).
+    image mean; flip: the chance of a left-right mirror (faces and most objects stay the same identity when
+    mirrored; handwriting and signatures do not, hence 0 by default); probability: the share of images that are
+    distorted at all (Koch applies each part with 0.5).
     """
 
     rotation: float = 10.0
@@ -51,6 +53,7 @@ class Augmentation:
     translate: float = 0.05
     brightness: float = 0.1
     contrast: float = 0.2
+    flip: float = 0.0
     probability: float = 1.0
 
     def __post_init__(self) -> None:
@@ -59,6 +62,8 @@ class Augmentation:
             raise TwinnetError(f"augmentation scale must be a range 0 < low <= high, got {self.scale}")
         if not 0 <= self.probability <= 1:
             raise TwinnetError(f"augmentation probability must be in [0, 1], got {self.probability}")
+        if not 0 <= self.flip <= 1:
+            raise TwinnetError(f"augmentation flip must be a probability in [0, 1], got {self.flip}")
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -226,12 +231,17 @@ class ImageEncoder(Encoder):
         brightness = uniform(-aug.brightness, aug.brightness)
         contrast = uniform(1 - aug.contrast, 1 + aug.contrast)
         active = torch.rand(n, generator=g) < aug.probability
+        # drawn only when used, so recipes without mirroring keep their exact random stream
+        mirror = torch.rand(n, generator=g) < aug.flip if aug.flip > 0 else torch.zeros(n, dtype=torch.bool)
 
         cos, sin = torch.cos(angle), torch.sin(angle)
         rotation = torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)
         shear = torch.stack([torch.stack([torch.ones(n), shear_x], 1), torch.stack([shear_y, torch.ones(n)], 1)], 1)
         # affine_grid maps output coordinates to input coordinates, so dividing by the scale zooms in by it
         matrix = rotation @ shear / scale[:, None, None]
+        # negating the x column reads each output column from the mirrored input column
+        x_sign = torch.where(mirror, -1.0, 1.0)
+        matrix = torch.cat([matrix[:, :, :1] * x_sign[:, None, None], matrix[:, :, 1:]], 2)
         matrix = torch.where(active[:, None, None], matrix, torch.eye(2).expand(n, 2, 2))
         shift = torch.where(active[:, None], shift, torch.zeros(n, 2))
         theta = torch.cat([matrix, shift[:, :, None]], 2).to(pixels)
