@@ -70,6 +70,46 @@ def test_grouped_batches_keep_left_record_pairs_together():
     assert groups["a"] == groups["x"] == groups["b"] and groups["y"] != groups["a"]
 
 
+def test_graph_order_batches_left_records_that_share_candidates():
+    # 6 blocks; in each, 4 left records are each paired with the same 4 right records (16 pairs per block)
+    left, right = [], []
+    for block in range(6):
+        for a in range(4):
+            for b in range(4):
+                left.append(f"L{block}.{a}")
+                right.append(f"R{block}.{b}")
+    rng_seed = 3
+    graph = list(grouped_batches(left, 16, np.random.default_rng(rng_seed), right_ids=right))
+    shuffled = list(grouped_batches(left, 16, np.random.default_rng(rng_seed)))
+    for batches in (graph, shuffled):
+        assert sorted(np.concatenate(batches).tolist()) == list(range(len(left)))  # every pair once
+        for b in batches:  # a left record's pairs stay together
+            assert all(sum(left[i] == key for i in b) == 4 for key in {left[i] for i in b})
+
+    def encoded(batches):
+        return sum(len({left[i] for i in b} | {right[i] for i in b}) for b in batches)
+
+    assert encoded(graph) == 6 * 8  # each batch is exactly one block: 4 left + 4 right records
+    assert encoded(shuffled) > encoded(graph)
+    again = list(grouped_batches(left, 16, np.random.default_rng(rng_seed), right_ids=right))
+    assert [b.tolist() for b in graph] == [b.tolist() for b in again]  # seeded
+
+
+def test_trainer_graph_order_encodes_fewer_records_and_refuses_unknown_orders(tokenizer):
+    train = synthetic_pairs(24)
+    model = SiameseModel(make_tiny_encoder(tokenizer))
+    with pytest.raises(TwinnetError, match="batch_order"):
+        Trainer(model, epochs=1, progress=False, batch_order="random").fit(train)
+    history = {}
+    for order in ("shuffle", "graph"):
+        trainer = Trainer(SiameseModel(make_tiny_encoder(tokenizer)), epochs=1, batch_size=8, progress=False,
+                          batch_order=order, select_best=False)
+        trainer.fit(train)
+        history[order] = trainer.history_[-1]
+    assert history["graph"]["pairs"] == history["shuffle"]["pairs"] == len(train)
+    assert history["graph"]["records_encoded"] <= history["shuffle"]["records_encoded"]
+
+
 def test_single_class_validation_is_refused(tokenizer):
     train = synthetic_pairs(8)
     valid = train.subset(np.nonzero(train.labels == 0)[0])
