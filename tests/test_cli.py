@@ -110,9 +110,16 @@ def test_help_has_examples():
 
 
 def test_datasets_list_and_unknown(monkeypatch, tmp_path):
+    from twinnet.data import registry
+
     result = runner.invoke(app, ["datasets", "list"])
     assert result.exit_code == 0 and "abt-buy" in result.output
-    from twinnet.data import registry
+    # the location column wraps instead of cutting the path off: the whole path can be read back from the table
+    where = registry.locate("abt-buy")
+    if where is not None:
+        last_column = "".join(line.split("│")[-2].strip() for line in result.output.splitlines()
+                              if line.count("│") == 5)
+        assert str(where) in last_column and "…" not in result.output
     from twinnet.errors import TwinnetError
 
     monkeypatch.setattr(registry, "data_roots", lambda: [tmp_path])

@@ -1177,8 +1177,11 @@ def datasets_list() -> None:
     from twinnet.data import registry
 
     table = Table()
-    for column in ("name", "title", "task", "found at"):
-        table.add_column(column)
+    table.add_column("name", no_wrap=True)
+    table.add_column("title")
+    table.add_column("task")
+    # the path is what people copy from this table, so it wraps rather than being cut off with an ellipsis
+    table.add_column("found at", overflow="fold")
     for info in registry.DATASETS.values():
         where = registry.locate(info.name)
         table.add_row(info.name, info.title, info.task,
