@@ -1,5 +1,6 @@
 """The command line: the whole main job on tiny data, and clean one-line errors."""
 
+import io
 import json
 import subprocess
 import sys
@@ -60,10 +61,25 @@ def test_verify_cli_matches_python(trained):
     result = runner.invoke(app, ["verify", str(trained / "model"), "--pairs", str(trained / "test.csv"), "-o", str(out)])
     assert result.exit_code == 0, result.output
     rows = pd.read_json(out, lines=True)
-    assert list(rows.columns) == ["row", "left_id", "right_id", "same", "score", "probability"] and len(rows) == 48
+    assert list(rows.columns) == ["row", "left_id", "right_id", "left", "right", "same", "score",
+                                  "probability"] and len(rows) == 48
     assert rows["row"].tolist()[:2] == [2, 3]  # file line numbers
     result = runner.invoke(app, ["verify", str(trained / "model"), "--pairs", str(trained / "test.csv"), "-o", str(out)])
     assert result.exit_code == 2 and "already exists" in result.output
+
+
+def test_verify_pairs_without_ids_prints_the_texts(trained, tmp_path):
+    # ids made from a hash of the text are unreadable, so the decisions carry the texts compared
+    pairs = tmp_path / "plain.csv"
+    pd.DataFrame({"left": ["sony camera model a100", "lg fridge"],
+                  "right": ["sony camera model A100", "apple ipod"]}).to_csv(pairs, index=False)
+    result = runner.invoke(app, ["verify", str(trained / "model"), "--pairs", str(pairs)])
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(io.StringIO(result.output))
+    assert list(rows.columns) == ["row", "left_id", "right_id", "left", "right", "same", "score", "probability"]
+    assert rows["left"].tolist() == ["sony camera model a100", "lg fridge"]
+    assert rows["right"].tolist() == ["sony camera model A100", "apple ipod"]
+    assert rows["left_id"].str.startswith("t:").all()
 
 
 def test_embed_npy_and_parquet(trained, tmp_path):

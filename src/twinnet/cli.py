@@ -582,6 +582,15 @@ def verify(
     frame = pd.DataFrame({"row": range(2, len(data) + 2), "left_id": data.left_ids, "right_id": data.right_ids,
                           "same": [int(d.same) for d in decisions], "score": [d.score for d in decisions],
                           "probability": [d.probability for d in decisions]})
+    if not _is_image_data(str(pairs)):
+        # a pair file without id columns gets content-hash ids, which nobody can read: show the text compared
+        from twinnet.data.pairs import record_id
+
+        for position, side, records, ids in ((3, "left", data.left, data.left_ids),
+                                             (4, "right", data.right, data.right_ids)):
+            if all(i == record_id(r) and not (isinstance(r, dict) and r.get("id") is not None)
+                   for r, i in zip(records, ids)):
+                frame.insert(position, side, [r if isinstance(r, str) else siamese.serializer(r) for r in records])
     if siamese.last_truncation.truncated:
         console.print(f"note: {siamese.last_truncation.message()}")
     if output is None:

@@ -72,9 +72,9 @@ class PairDataset:
             if not np.isfinite(self.scores).all():
                 raise ValueError("scores contain NaN or inf")
         if not self.left_ids:
-            self.left_ids = [_record_id(r) for r in self.left]
+            self.left_ids = [record_id(r) for r in self.left]
         if not self.right_ids:
-            self.right_ids = [_record_id(r) for r in self.right]
+            self.right_ids = [record_id(r) for r in self.right]
 
     def __len__(self) -> int:
         return len(self.left)
@@ -117,7 +117,8 @@ class PairDataset:
         return frame
 
 
-def _record_id(record: Record) -> str:
+def record_id(record: Record) -> str:
+    """The record's ``id`` field, else a hash of its text (see :func:`text_id`)."""
     if isinstance(record, str):
         return text_id(clean_text(record))
     if "id" in record and record["id"] is not None:
