@@ -111,6 +111,32 @@ def test_plain_pair_file_errors(tmp_path):
         read_pairs(tmp_path / "p.xlsx")
 
 
+def test_rows_are_numbered_by_line_in_each_format(tmp_path):
+    # CSV: line 1 is the header, so the second pair is on line 3; JSONL has no header line; Parquet rows count from 1
+    import pandas as pd
+
+    from twinnet.data.readers import iter_records
+
+    jsonl = tmp_path / "p.jsonl"
+    jsonl.write_text('{"left_name": "sony", "right_name": "sony tv"}\n{"left_name": "", "right_name": "lg"}\n')
+    with pytest.raises(TwinnetError, match=r"p.jsonl, row 2, field 'left': record is empty"):
+        read_pairs(jsonl)
+    frame = pd.DataFrame({"left": ["sony", None], "right": ["sony tv", "lg"]})
+    frame.to_parquet(tmp_path / "p.parquet")
+    with pytest.raises(TwinnetError, match=r"p.parquet, row 2, field 'left'"):
+        read_pairs(tmp_path / "p.parquet")
+    records = tmp_path / "r.jsonl"
+    records.write_text('{"id": "a", "text": "sony"}\n{"id": "b", "text": ""}\n')
+    with pytest.raises(TwinnetError, match=r"r.jsonl, row 2, field 'text'"):
+        list(iter_records(records))
+    records.write_text('{"text": "sony"}\n{"text": "lg"}\n')
+    assert next(iter(iter_records(records)))[0] == ["0", "1"]  # rows without an id get 0-based row ids
+    ditto = tmp_path / "d.txt"
+    ditto.write_text("COL name VAL sony\tCOL name VAL sony tv\t1\n\nCOL name VAL \tCOL name VAL lg\t0\n")
+    with pytest.raises(TwinnetError, match=r"d.txt, row 3, field 'left'"):
+        read_any(ditto)
+
+
 def test_labels_and_text_cleaning():
     assert [parse_label(v, file="f", row=2) for v in (True, 1, 1.0, "0", " true ")] == [1, 1, 1, 0, 1]
     for bad in (2, "maybe", float("nan"), None):

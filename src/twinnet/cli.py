@@ -579,7 +579,10 @@ def verify(
     else:
         data = read_pairs(pairs)
     decisions = siamese.verify(data.left, data.right, threshold=threshold, fmr=fmr)
-    frame = pd.DataFrame({"row": range(2, len(data) + 2), "left_id": data.left_ids, "right_id": data.right_ids,
+    from twinnet.io import first_row
+
+    start = first_row(pairs)
+    frame = pd.DataFrame({"row": range(start, start + len(data)), "left_id": data.left_ids, "right_id": data.right_ids,
                           "same": [int(d.same) for d in decisions], "score": [d.score for d in decisions],
                           "probability": [d.probability for d in decisions]})
     if not _is_image_data(str(pairs)):

@@ -19,6 +19,14 @@ from twinnet.errors import TwinnetError
 TABLE_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 
 
+def first_row(path: str | os.PathLike[str] | None) -> int:
+    """The number error messages give a table's first data row: its line in a CSV/TSV file (line 1 is the
+    header) or a JSONL file, its 1-based row in Parquet (or a DataFrame, ``path=None``)."""
+    if path is None:
+        return 1
+    return 2 if TABLE_SUFFIXES.get(Path(path).suffix.lower()) in ("csv", "tsv") else 1
+
+
 def table_format(path: str | os.PathLike[str]) -> str:
     suffix = Path(path).suffix.lower()
     if suffix not in TABLE_SUFFIXES:

@@ -499,15 +499,16 @@ def read_image_pairs(source: str | os.PathLike[str]) -> PairDataset:
     """A pair list (``left,right[,label]``) or triplet list (``anchor,positive,negative``) of image paths, as
     CSV/TSV/JSONL/Parquet. Relative paths are read from the list's own folder; ``zip::member`` references work."""
     from twinnet.data.readers import parse_label
-    from twinnet.io import read_table
+    from twinnet.io import first_row, read_table
 
     path = Path(source)
     frame = read_table(path)
     columns = [str(c) for c in frame.columns]
     base = path.resolve().parent
     rows = frame.to_dict(orient="records")
+    start = first_row(path)
     if {"anchor", "positive", "negative"} <= set(columns):
-        triplets = [tuple(_resolve(rec[c], base, path, i + 2, c) for c in ("anchor", "positive", "negative"))
+        triplets = [tuple(_resolve(rec[c], base, path, i + start, c) for c in ("anchor", "positive", "negative"))
                     for i, rec in enumerate(rows)]
         if not triplets:
             raise TwinnetError("no triplets in file", file=path)
@@ -515,11 +516,11 @@ def read_image_pairs(source: str | os.PathLike[str]) -> PairDataset:
     if not {"left", "right"} <= set(columns):
         raise TwinnetError("an image list needs 'left' and 'right' columns (pairs) or 'anchor', 'positive', "
                            f"'negative' (triplets); columns found: {', '.join(columns) or 'none'}", file=path)
-    left = [_resolve(rec["left"], base, path, i + 2, "left") for i, rec in enumerate(rows)]
-    right = [_resolve(rec["right"], base, path, i + 2, "right") for i, rec in enumerate(rows)]
+    left = [_resolve(rec["left"], base, path, i + start, "left") for i, rec in enumerate(rows)]
+    right = [_resolve(rec["right"], base, path, i + start, "right") for i, rec in enumerate(rows)]
     if not left:
         raise TwinnetError("no pairs in file", file=path)
-    labels = ([parse_label(rec["label"], file=path, row=i + 2) for i, rec in enumerate(rows)]
+    labels = ([parse_label(rec["label"], file=path, row=i + start) for i, rec in enumerate(rows)]
               if "label" in columns else None)
     return PairDataset(left, right, None if labels is None else np.asarray(labels), list(left), list(right),
                        name=path.name)
@@ -560,7 +561,7 @@ def image_records(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
     if is_image_collection(path):
         images = read_image_folder(path).images
         return list(images), list(images)
-    from twinnet.io import read_table
+    from twinnet.io import first_row, read_table
 
     file = Path(path)
     frame = read_table(file)
@@ -568,7 +569,7 @@ def image_records(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
         raise TwinnetError(f"an image table needs an 'image' column (columns: {', '.join(map(str, frame.columns))})",
                            file=file)
     base = file.resolve().parent
-    refs = [_resolve(v, base, file, i + 2, "image") for i, v in enumerate(frame["image"].tolist())]
+    refs = [_resolve(v, base, file, i + first_row(file), "image") for i, v in enumerate(frame["image"].tolist())]
     ids = [str(v) for v in frame["id"].tolist()] if "id" in frame.columns else list(refs)
     return ids, refs
 

@@ -8,7 +8,7 @@ field.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import pandas as pd
 from twinnet.data.pairs import PairDataset, text_id
 from twinnet.data.records import clean_text, is_missing, parse_colval
 from twinnet.errors import TwinnetError
-from twinnet.io import not_utf8, read_table
+from twinnet.io import first_row, not_utf8, read_table
 
 SPLITS = ("train", "valid", "test")
 _TRUE = {"1", "1.0", "true", "yes"}
@@ -87,13 +87,13 @@ def read_table_records(path: Path) -> dict[str, dict[str, Any]]:
     if "id" not in frame.columns:
         raise TwinnetError(f"no 'id' column (columns: {', '.join(map(str, frame.columns))})", file=path)
     records: dict[str, dict[str, Any]] = {}
-    for row, rec in enumerate(frame.to_dict(orient="records")):
+    for row, rec in enumerate(frame.to_dict(orient="records"), start=first_row(path)):
         rid = rec["id"]
         if is_missing(rid):
-            raise TwinnetError("id is empty", file=path, row=row + 2, field="id")
+            raise TwinnetError("id is empty", file=path, row=row, field="id")
         rid = str(rid).strip()
         if rid in records:
-            raise TwinnetError(f"id {rid!r} appears twice", file=path, row=row + 2, field="id")
+            raise TwinnetError(f"id {rid!r} appears twice", file=path, row=row, field="id")
         records[rid] = {k: (None if is_missing(v) else v) for k, v in rec.items()}
     return records
 
@@ -125,7 +125,7 @@ def read_deepmatcher(folder: str | os.PathLike[str], split: str = "train", *,
     left, right, labels, left_ids, right_ids = [], [], [], [], []
     for row, (lid, rid, lab) in enumerate(zip(frame["ltable_id"], frame["rtable_id"],
                                               frame["label"] if has_labels else [None] * len(frame))):
-        line = row + 2
+        line = row + first_row(split_path)
         for value, table, column, side in ((lid, table_a, "ltable_id", "tableA"), (rid, table_b, "rtable_id", "tableB")):
             key = "" if is_missing(value) else str(value).strip()
             if key not in table:
@@ -140,7 +140,8 @@ def read_deepmatcher(folder: str | os.PathLike[str], split: str = "train", *,
     dataset = PairDataset(left, right, np.asarray(labels) if has_labels else None, left_ids, right_ids,
                           name=f"{folder.name}/{split}")
     if not allow_empty_records:
-        _reject_empty_records(dataset, split_path)
+        start = first_row(split_path)
+        _reject_empty_records(dataset, split_path, range(start, start + len(dataset)))
     return dataset
 
 
@@ -158,11 +159,12 @@ def read_ditto(path: str | os.PathLike[str], *, allow_empty_records: bool = Fals
     """Read Ditto's ``COL a VAL v …<TAB>COL a VAL v …<TAB>label`` lines (the label is optional)."""
     path = Path(path)
     lines = _utf8_lines(path)
-    left, right, labels = [], [], []
+    left, right, labels, line_numbers = [], [], [], []
     labelled: bool | None = None
     for row, line in enumerate(lines, start=1):
         if not line.strip():
             continue
+        line_numbers.append(row)
         cells = line.split("\t")
         if len(cells) not in (2, 3):
             raise TwinnetError(f"expected 2 or 3 tab-separated fields, found {len(cells)}", file=path, row=row)
@@ -181,7 +183,7 @@ def read_ditto(path: str | os.PathLike[str], *, allow_empty_records: bool = Fals
         raise TwinnetError("no pairs in file", file=path)
     dataset = PairDataset(left, right, np.asarray(labels) if labelled else None, name=path.name)
     if not allow_empty_records:
-        _reject_empty_records(dataset, path)
+        _reject_empty_records(dataset, path, line_numbers)
     return dataset
 
 
@@ -196,9 +198,11 @@ def read_pairs(source: str | os.PathLike[str] | pd.DataFrame, *, require_labels:
     """
     if isinstance(source, pd.DataFrame):
         frame, name = source, "<DataFrame>"
+        start = first_row(None)
     else:
         name = str(source)
         frame = read_table(source)
+        start = first_row(source)
     columns = [str(c) for c in frame.columns]
     id_columns = {"left_id", "right_id"}
     if "left" in columns and "right" in columns:
@@ -218,7 +222,7 @@ def read_pairs(source: str | os.PathLike[str] | pd.DataFrame, *, require_labels:
     rows = frame.to_dict(orient="records")
     left, right, labels = [], [], []
     for i, rec in enumerate(rows):
-        line = i + 2
+        line = i + start
         if left_attrs is None:
             for side, out in (("left", left), ("right", right)):
                 value = rec[side]
@@ -245,17 +249,18 @@ def read_pairs(source: str | os.PathLike[str] | pd.DataFrame, *, require_labels:
                           left_ids if all(left_ids) else [], right_ids if all(right_ids) else [],
                           name=Path(name).name, scores=np.asarray(labels) if graded else None)
     if not allow_empty_records:
-        _reject_empty_records(dataset, name)
+        _reject_empty_records(dataset, name, range(start, start + len(dataset)))
     return dataset
 
 
-def _reject_empty_records(dataset: PairDataset, file: object) -> None:
+def _reject_empty_records(dataset: PairDataset, file: object, rows: Sequence[int]) -> None:
+    """``rows``: the row number error messages give each pair (its line in the file)."""
     for side, records in (("left", dataset.left), ("right", dataset.right)):
         for i, record in enumerate(records):
             values = [record] if isinstance(record, str) else [v for k, v in record.items() if k != "id"]
             if not any(clean_text(v) for v in values):
                 raise TwinnetError("record is empty (every attribute missing); fix it or drop the pair",
-                                   file=file, row=i + 2, field=side)
+                                   file=file, row=rows[i], field=side)
 
 
 def read_any(path: str | os.PathLike[str], split: str | None = None, **options: Any) -> PairDataset:
@@ -284,13 +289,13 @@ def iter_records(path: str | os.PathLike[str], *, id_column: str = "id", text_co
 
     A ``text`` column is used as the record's text; otherwise every column but the id and ``ignore``
     (e.g. a ground-truth column) is an attribute. Rows without an id get their row number. Empty records
-    and repeated ids are errors that name the row (rows count from 2: line 1 is the header).
+    and repeated ids are errors that name the row (see :func:`twinnet.io.first_row`).
     """
     from twinnet.io import iter_table
 
     path = Path(path)
     seen: set[str] = set()
-    row = 2
+    row = start = first_row(path)
     for frame in iter_table(path, chunk_rows):
         columns = [str(c) for c in frame.columns]
         if {"left", "right"} <= set(columns) or any(c.startswith(("left_", "right_")) for c in columns):
@@ -300,7 +305,7 @@ def iter_records(path: str | os.PathLike[str], *, id_column: str = "id", text_co
         if missing:
             raise TwinnetError(f"no column {missing[0]!r} to ignore (columns: {', '.join(columns)})", file=path)
         ids = (frame[id_column].tolist() if id_column in columns
-               else [str(row - 2 + i) for i in range(len(frame))])
+               else [str(row - start + i) for i in range(len(frame))])
         if text_column in columns:
             records: list[Any] = frame[text_column].tolist()
         else:
