@@ -103,6 +103,7 @@ def test_errors_are_one_line_exit_2_no_traceback(trained, tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "bad.csv, row 3, field 'label': label must be 0 or 1" in proc.stderr
+    (tmp_path / "nomodel").mkdir()  # a folder, but no model in it
     proc = subprocess.run([sys.executable, "-m", "twinnet", "verify", str(tmp_path / "nomodel"), "a", "b"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "not a twinnet model folder" in proc.stderr and "Traceback" not in proc.stderr

@@ -43,7 +43,7 @@ def test_entity_recipe_with_checkpoints_and_resume(tmp_path, tiny_base_folder):
     settings = json.loads((tmp_path / "model" / "training.json").read_text())["settings"]
     assert settings["sampler"] == "m_per_class" and settings["pair_stage_loss"] == "online_contrastive"
     assert settings["augment"]["span_shuffle"] == 0.2 and settings["accumulation_steps"] == 2
-    assert settings["encode_chunk_size"] == 4
+    assert settings["encode_chunk_size"] == 4 and settings["batch_order"] == "shuffle"  # defaults are recorded too
     stages = [json.loads(x).get("stage") for x in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert stages == [None, "entities", "pairs"]
     resumed = runner.invoke(app, ["train", *common, "-o", str(tmp_path / "resumed"), "--resume-from",
@@ -60,3 +60,17 @@ def test_bad_augmentation_is_a_one_line_error(tmp_path, tiny_base_folder):
                                  "--augment-text", "typo=0.1"])
     assert result.exit_code == 2
     assert "unknown augmentation 'typo'" in result.output and "Traceback" not in result.output
+
+
+def test_bad_choices_are_refused_before_any_data_is_read(tmp_path):
+    # the data path does not exist: the option error must come first, and nothing is written
+    for option, value in (("--batch-order", "bogus"), ("--sampler", "nope"), ("--mixed-precision", "fp8")):
+        result = runner.invoke(app, ["train", str(tmp_path / "missing.csv"), "-o", str(tmp_path / "model"),
+                                     option, value])
+        assert result.exit_code == 2 and f"{option} must be one of" in result.output and repr(value) in result.output
+        assert "Traceback" not in result.output and not (tmp_path / "model").exists()
+
+
+def test_missing_model_folder_is_named_as_missing(tmp_path):
+    result = runner.invoke(app, ["verify", str(tmp_path / "nope"), "a", "b"])
+    assert result.exit_code == 2 and "model folder not found" in result.output and "nope" in result.output

@@ -302,10 +302,15 @@ def train(
     """
     _setup(threads, verbose)
     from twinnet.model import SiameseModel
-    from twinnet.training import Trainer
+    from twinnet.training import BATCH_ORDERS, MIXED_PRECISION, SAMPLERS, Trainer
 
     if output.exists() and not overwrite:
         raise TwinnetError("model folder already exists; pass --overwrite to replace it", file=output)
+    # choices are checked before any data is read, so a typo costs nothing
+    for option, value, allowed in (("--batch-order", batch_order, BATCH_ORDERS), ("--sampler", sampler, SAMPLERS),
+                                   ("--mixed-precision", mixed_precision, MIXED_PRECISION)):
+        if value not in allowed:
+            raise TwinnetError(f"{option} must be one of {', '.join(allowed)}, got {value!r}")
     if fmr is not None:
         calibration, target = "fmr", fmr
     image_card = None
@@ -786,7 +791,8 @@ def serve(
 
         TWINNET_API_KEY=s3cret twinnet serve models/abt-buy --port 8000
 
-        curl -H 'X-API-Key: s3cret' -d '{"pairs": [{"left": "sony kdl-40v5100", "right": "sony bravia 40"}]}' \
+        curl -H 'X-API-Key: s3cret' -H 'Content-Type: application/json' \
+          -d '{"pairs": [{"left": "sony kdl-40v5100", "right": "sony bravia 40"}]}' \
           http://127.0.0.1:8000/v1/verify
     """
     _setup(threads)

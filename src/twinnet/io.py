@@ -194,6 +194,8 @@ def read_model_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
     """The ``twinnet`` section of a model folder's ``config.json``."""
     folder = Path(folder)
     config_file = folder / "config.json"
+    if not folder.exists():
+        raise TwinnetError("model folder not found", file=folder)
     if not config_file.exists():
         raise TwinnetError("not a twinnet model folder (no config.json)", file=folder)
     try:

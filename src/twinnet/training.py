@@ -650,11 +650,8 @@ class Trainer:
                "probability": self.probability, "positive_batch_size": self.positive_batch_size,
                "hard_negatives": self.hard_negatives, "mining_k": self.mining_k, "mining_margin": self.mining_margin,
                "max_length": getattr(self.model.encoder, "max_length", None),
-               "sampler": self.sampler, "accumulation_steps": self.accumulation_steps}
-        if self.encode_chunk_size:
-            out["encode_chunk_size"] = self.encode_chunk_size
-        if self.batch_order != "shuffle":
-            out["batch_order"] = self.batch_order
+               "sampler": self.sampler, "accumulation_steps": self.accumulation_steps,
+               "batch_order": self.batch_order, "encode_chunk_size": self.encode_chunk_size}
         if self.sampler == "m_per_class":
             out["m"] = self.m
         if self.pair_stage_epochs:
@@ -800,6 +797,8 @@ class Trainer:
         except (OSError, ValueError) as exc:
             raise TwinnetError(f"cannot read checkpoint state: {exc}", file=state_file) from None
         saved, now = state.get("settings", {}), self.settings()
+        # checkpoints written before batch_order was recorded were all shuffled
+        saved = {"batch_order": "shuffle", **saved}
         for key in ("loss", "batch_size", "seed", "learning_rate", "sampler", "accumulation_steps", "max_length",
                     "batch_order"):
             if saved.get(key) != now.get(key):
