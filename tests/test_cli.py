@@ -185,3 +185,11 @@ def test_atomic_outputs_get_ordinary_permissions(tmp_path):
         os.umask(mask)
     assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "folder").stat().st_mode) == 0o755
+
+
+def test_evaluate_without_labels_names_the_whole_path(trained, tmp_path):
+    unlabelled = tmp_path / "sub" / "nolabel.csv"
+    unlabelled.parent.mkdir()
+    pd.DataFrame({"left": ["sony tv"], "right": ["sony television"]}).to_csv(unlabelled, index=False)
+    result = runner.invoke(app, ["evaluate", str(trained / "model"), str(unlabelled)])
+    assert result.exit_code == 2 and f"{unlabelled}: evaluation needs labelled pairs" in result.output

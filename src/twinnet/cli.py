@@ -70,11 +70,16 @@ def _load_splits(data: str, split_names: tuple[str, ...], options: dict) -> dict
         return splits
     path = Path(data)
     if path.is_dir():
-        return read_deepmatcher_splits(path, split_names, **options)
+        splits = read_deepmatcher_splits(path, split_names, **options)
+        for name, split in splits.items():  # later errors (e.g. no labels) then name the file to fix
+            split.name = str(path / f"{name}.csv")
+        return splits
     if not path.exists():
         raise TwinnetError(f"{data!r} is neither an existing file or folder nor a known dataset name "
                            f"({', '.join(registry.DATASETS)}; see `twinnet datasets list`)")
-    return {split_names[0]: read_any(path, **options)}
+    split = read_any(path, **options)
+    split.name = str(path)
+    return {split_names[0]: split}
 
 
 def _serializer(attributes: str | None, style: str, max_chars: int, split_codes: bool = False):
