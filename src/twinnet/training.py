@@ -593,6 +593,7 @@ class Trainer:
                         steps_done += 1
                         epoch_steps += 1
                         speed = (pairs_seen or encoded) / max(time.perf_counter() - epoch_start, 1e-9)
+                        # the bar shows the last 20 batches' mean, the history the whole epoch's
                         bar.update(task, advance=1, loss=float(np.mean(losses[-20:])), speed=speed,
                                    description=f"epoch {epoch}/{total_epochs}")
                 if pending:  # the epoch's last micro-batches (the final one was skipped as non-finite)
@@ -952,5 +953,5 @@ def _progress(enabled: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[speed]:.1f} items/s"),
+                    TextColumn("recent loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[speed]:.1f} items/s"),
                     TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
