@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import signal
 import time
 import uuid
 from collections.abc import Sequence
@@ -473,9 +474,9 @@ def _model_card(model: PairScorer, folder: str | os.PathLike[str] | None, backen
 
 def run(app: FastAPI, *, host: str, port: int, workers_log_level: str = "info") -> None:
     """Serve with uvicorn; SIGINT/SIGTERM stop accepting, finish in-flight requests, then exit."""
-    import uvicorn
-
     import sys
+
+    import uvicorn
 
     if not access_log.handlers:  # one JSON object per line on stdout, whatever the root logger does
         handler = logging.StreamHandler(sys.stdout)
@@ -483,5 +484,18 @@ def run(app: FastAPI, *, host: str, port: int, workers_log_level: str = "info") 
         access_log.addHandler(handler)
         access_log.setLevel(logging.INFO)
         access_log.propagate = False
-    uvicorn.run(app, host=host, port=port, access_log=False, log_level=workers_log_level,
-                timeout_graceful_shutdown=30)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, access_log=False, log_level=workers_log_level,
+                                           timeout_graceful_shutdown=30))
+
+    def stop(signum: int, frame: object) -> None:
+        server.should_exit = True
+
+    # uvicorn installs its own SIGINT/SIGTERM handlers only once startup is under way; a signal before that went
+    # to asyncio's runner, which cancelled a startup step and left the server running. Until uvicorn's handlers
+    # take over, a signal just asks the server to stop (uvicorn checks this right after startup).
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
