@@ -129,14 +129,15 @@ def test_help_has_examples():
 def test_datasets_list_and_unknown(monkeypatch, tmp_path):
     from twinnet.data import registry
 
+    # the location column wraps instead of cutting a long path off: the whole path can be read back from the table
+    where = tmp_path / ("deeply-nested-data-folder-" * 4) / "Abt-Buy"
+    monkeypatch.setattr(registry, "locate", lambda name: where if name == "abt-buy" else None)
     result = runner.invoke(app, ["datasets", "list"])
     assert result.exit_code == 0 and "abt-buy" in result.output
-    # the location column wraps instead of cutting the path off: the whole path can be read back from the table
-    where = registry.locate("abt-buy")
-    if where is not None:
-        last_column = "".join(line.split("│")[-2].strip() for line in result.output.splitlines()
-                              if line.count("│") == 5)
-        assert str(where) in last_column and "…" not in result.output
+    last_column = "".join(line.split("│")[-2].strip() for line in result.output.splitlines()
+                          if line.count("│") == 5)
+    assert str(where) in last_column and "…" not in result.output
+    monkeypatch.undo()
     from twinnet.errors import TwinnetError
 
     monkeypatch.setattr(registry, "data_roots", lambda: [tmp_path])

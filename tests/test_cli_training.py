@@ -67,7 +67,8 @@ def test_bad_choices_are_refused_before_any_data_is_read(tmp_path):
     for option, value in (("--batch-order", "bogus"), ("--sampler", "nope"), ("--mixed-precision", "fp8")):
         result = runner.invoke(app, ["train", str(tmp_path / "missing.csv"), "-o", str(tmp_path / "model"),
                                      option, value])
-        assert result.exit_code == 2 and f"{option} must be one of" in result.output and repr(value) in result.output
+        name = option[2:].replace("-", "_")
+        assert result.exit_code == 2 and f"{name} must be one of" in result.output and repr(value) in result.output
         assert "Traceback" not in result.output and not (tmp_path / "model").exists()
 
 

@@ -70,16 +70,11 @@ def _load_splits(data: str, split_names: tuple[str, ...], options: dict) -> dict
         return splits
     path = Path(data)
     if path.is_dir():
-        splits = read_deepmatcher_splits(path, split_names, **options)
-        for name, split in splits.items():  # later errors (e.g. no labels) then name the file to fix
-            split.name = str(path / f"{name}.csv")
-        return splits
+        return read_deepmatcher_splits(path, split_names, **options)
     if not path.exists():
         raise TwinnetError(f"{data!r} is neither an existing file or folder nor a known dataset name "
                            f"({', '.join(registry.DATASETS)}; see `twinnet datasets list`)")
-    split = read_any(path, **options)
-    split.name = str(path)
-    return {split_names[0]: split}
+    return {split_names[0]: read_any(path, **options)}
 
 
 def _serializer(attributes: str | None, style: str, max_chars: int, split_codes: bool = False):
@@ -307,15 +302,12 @@ def train(
     """
     _setup(threads, verbose)
     from twinnet.model import SiameseModel
-    from twinnet.training import BATCH_ORDERS, MIXED_PRECISION, SAMPLERS, Trainer
+    from twinnet.training import Trainer, check_choices
 
     if output.exists() and not overwrite:
         raise TwinnetError("model folder already exists; pass --overwrite to replace it", file=output)
-    # choices are checked before any data is read, so a typo costs nothing
-    for option, value, allowed in (("--batch-order", batch_order, BATCH_ORDERS), ("--sampler", sampler, SAMPLERS),
-                                   ("--mixed-precision", mixed_precision, MIXED_PRECISION)):
-        if value not in allowed:
-            raise TwinnetError(f"{option} must be one of {', '.join(allowed)}, got {value!r}")
+    # before any data is read, so a typo costs nothing
+    check_choices(batch_order=batch_order, sampler=sampler, mixed_precision=mixed_precision)
     if fmr is not None:
         calibration, target = "fmr", fmr
     image_card = None
@@ -601,8 +593,7 @@ def verify(
 
         for position, side, records, ids in ((3, "left", data.left, data.left_ids),
                                              (4, "right", data.right, data.right_ids)):
-            if all(i == record_id(r) and not (isinstance(r, dict) and r.get("id") is not None)
-                   for r, i in zip(records, ids)):
+            if all(i == record_id(r) for r, i in zip(records, ids)):
                 frame.insert(position, side, [r if isinstance(r, str) else siamese.serializer(r) for r in records])
     if siamese.last_truncation.truncated:
         console.print(f"note: {siamese.last_truncation.message()}")

@@ -56,6 +56,16 @@ log = logging.getLogger("twinnet")
 SAMPLERS = ("pairs", "m_per_class")
 BATCH_ORDERS = ("shuffle", "graph")
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
+
+
+def check_choices(*, batch_order: str, sampler: str, mixed_precision: str) -> None:
+    """Refuse a setting outside its fixed set of choices (the CLI calls this before reading any data)."""
+    for name, value, allowed in (("batch_order", batch_order, BATCH_ORDERS), ("sampler", sampler, SAMPLERS),
+                                 ("mixed_precision", mixed_precision, MIXED_PRECISION)):
+        if value not in allowed:
+            raise TwinnetError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+
 def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -748,9 +758,7 @@ class Trainer:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
-    def _amp_dtype(self, device: torch.device) -> torch.dtype | None:
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise TwinnetError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}")
+    def _amp_dtype(self, device: torch.device) -> torch.dtype | None:  # after _validate: a known choice
         if self.mixed_precision == "no" or (self.mixed_precision == "auto" and device.type != "cuda"):
             return None
         if self.mixed_precision == "fp16" and device.type != "cuda":
@@ -837,17 +845,11 @@ class Trainer:
                                file=train.name or None)
         if self.epochs < 0 or self.batch_size < 2:
             raise TwinnetError("epochs must be >= 0 and batch_size >= 2")
-        if self.batch_order not in BATCH_ORDERS:
-            raise TwinnetError(f"batch_order must be one of {', '.join(BATCH_ORDERS)}, got {self.batch_order!r}")
-        if self.sampler not in SAMPLERS:
-            raise TwinnetError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        check_choices(batch_order=self.batch_order, sampler=self.sampler, mixed_precision=self.mixed_precision)
         if self.sampler == "m_per_class" and (self.m < 2 or self.m > self.batch_size):
             raise TwinnetError(f"m (records per entity in a batch) must be between 2 and batch_size, got {self.m}")
         if self.accumulation_steps < 1 or self.pair_stage_epochs < 0 or self.encode_chunk_size < 0:
             raise TwinnetError("accumulation_steps must be >= 1, pair_stage_epochs and encode_chunk_size >= 0")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise TwinnetError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, "
-                               f"got {self.mixed_precision!r}")
         RecordAugmenter.from_spec(self.augment)
         from twinnet.calibration import Calibrator
 

@@ -512,7 +512,7 @@ def read_image_pairs(source: str | os.PathLike[str]) -> PairDataset:
                     for i, rec in enumerate(rows)]
         if not triplets:
             raise TwinnetError("no triplets in file", file=path)
-        return triplets_to_pairs(triplets, name=path.name)
+        return triplets_to_pairs(triplets, name=str(path))
     if not {"left", "right"} <= set(columns):
         raise TwinnetError("an image list needs 'left' and 'right' columns (pairs) or 'anchor', 'positive', "
                            f"'negative' (triplets); columns found: {', '.join(columns) or 'none'}", file=path)
@@ -523,7 +523,7 @@ def read_image_pairs(source: str | os.PathLike[str]) -> PairDataset:
     labels = ([parse_label(rec["label"], file=path, row=i + start) for i, rec in enumerate(rows)]
               if "label" in columns else None)
     return PairDataset(left, right, None if labels is None else np.asarray(labels), list(left), list(right),
-                       name=path.name)
+                       name=str(path))
 
 
 def is_image_pair_file(path: str | os.PathLike[str]) -> bool:
@@ -569,7 +569,8 @@ def image_records(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
         raise TwinnetError(f"an image table needs an 'image' column (columns: {', '.join(map(str, frame.columns))})",
                            file=file)
     base = file.resolve().parent
-    refs = [_resolve(v, base, file, i + first_row(file), "image") for i, v in enumerate(frame["image"].tolist())]
+    start = first_row(file)
+    refs = [_resolve(v, base, file, i + start, "image") for i, v in enumerate(frame["image"].tolist())]
     ids = [str(v) for v in frame["id"].tolist()] if "id" in frame.columns else list(refs)
     return ids, refs
 

@@ -77,7 +77,7 @@ def read_sts(path: str | os.PathLike[str]) -> PairDataset:
             out.append(text)
     if not left:
         raise TwinnetError("no pairs in file", file=path)
-    return PairDataset(left, right, scores=np.asarray(scores), name=path.name)
+    return PairDataset(left, right, scores=np.asarray(scores), name=str(path))
 
 
 # --------------------------------------------------------------------------- DeepMatcher layout
@@ -138,7 +138,7 @@ def read_deepmatcher(folder: str | os.PathLike[str], split: str = "train", *,
         if has_labels:
             labels.append(parse_label(lab, file=split_path, row=line))
     dataset = PairDataset(left, right, np.asarray(labels) if has_labels else None, left_ids, right_ids,
-                          name=f"{folder.name}/{split}")
+                          name=str(split_path))
     if not allow_empty_records:
         start = first_row(split_path)
         _reject_empty_records(dataset, split_path, range(start, start + len(dataset)))
@@ -181,7 +181,7 @@ def read_ditto(path: str | os.PathLike[str], *, allow_empty_records: bool = Fals
             labels.append(parse_label(cells[2], file=path, row=row))
     if not left:
         raise TwinnetError("no pairs in file", file=path)
-    dataset = PairDataset(left, right, np.asarray(labels) if labelled else None, name=path.name)
+    dataset = PairDataset(left, right, np.asarray(labels) if labelled else None, name=str(path))
     if not allow_empty_records:
         _reject_empty_records(dataset, path, line_numbers)
     return dataset
@@ -247,7 +247,7 @@ def read_pairs(source: str | os.PathLike[str] | pd.DataFrame, *, require_labels:
     left_ids, right_ids = ids("left_id", left), ids("right_id", right)
     dataset = PairDataset(left, right, np.asarray(labels) if "label" in columns else None,
                           left_ids if all(left_ids) else [], right_ids if all(right_ids) else [],
-                          name=Path(name).name, scores=np.asarray(labels) if graded else None)
+                          name=name, scores=np.asarray(labels) if graded else None)
     if not allow_empty_records:
         _reject_empty_records(dataset, name, range(start, start + len(dataset)))
     return dataset

@@ -144,8 +144,8 @@ def load_pairs(name: str, **options) -> tuple[PairDataset, PairDataset, PairData
             split.name = f"{name}/{split_name}"
         return splits["train"], splits["valid"], splits["test"]
     splits = read_deepmatcher_splits(path(name), **options)
-    for split in splits.values():
-        split.name = f"{name}/{split.name.rsplit('/', 1)[-1]}"
+    for split_name, split in splits.items():
+        split.name = f"{name}/{split_name}"
     return splits["train"], splits["valid"], splits["test"]
 
 
