@@ -182,10 +182,15 @@ def test_atomic_outputs_get_ordinary_permissions(tmp_path):
         write_json(tmp_path / "a.json", {"x": 1})
         with atomic_folder(tmp_path / "folder") as staging:
             (staging / "f.txt").write_text("x")
+            (staging / "sub").mkdir(mode=0o700)
+            (staging / "sub" / "w.safetensors").write_bytes(b"")
+            os.chmod(staging / "sub" / "w.safetensors", 0o600)  # as safetensors' save_file leaves its files
     finally:
         os.umask(mask)
     assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "folder").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "folder" / "sub").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "folder" / "sub" / "w.safetensors").stat().st_mode) == 0o644
 
 
 def test_evaluate_without_labels_names_the_whole_path(trained, tmp_path):

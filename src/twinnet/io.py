@@ -73,7 +73,13 @@ def atomic_folder(path: str | os.PathLike[str], *, overwrite: bool = True) -> It
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         yield staging
-        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes the folder private (0700)
+        # mkdtemp makes the folder private (0700) and some writers (safetensors) make private files (0600);
+        # a saved model should carry the same permissions as any file the user writes
+        mask = _umask()
+        for folder, subfolders, files in os.walk(staging):
+            os.chmod(folder, 0o777 & ~mask)
+            for name in files:
+                os.chmod(os.path.join(folder, name), 0o666 & ~mask)
         if target.exists():
             backup = target.with_name(f".{target.name}.old")
             shutil.rmtree(backup, ignore_errors=True)
