@@ -151,3 +151,21 @@ def test_extreme_targets_have_documented_fallbacks():
     assert full.operating_point_["recall"] == 1.0 and 0.6 < full.threshold_ < 0.7
     with pytest.raises(CalibrationError, match="between 0 and 1"):
         Calibrator("fmr", target=1.5).fit(scores, labels)
+
+
+def test_retrieval_within_one_collection_skips_the_query_itself(tiny_model):
+    from twinnet import PairDataset
+    from twinnet.evaluation import retrieval_metrics
+
+    # one collection (ids shared by both sides, as image identities and dedup pairs have): "a" and "a2" show one
+    # entity, "b" another. Each query's own record is in the gallery and is always its nearest neighbour.
+    texts = {"a": "apple pie", "a2": "apple pie with cream", "b": "zebra crossing"}
+    left, right = ["a", "a", "a2"], ["a2", "b", "a"]
+    pairs = PairDataset([texts[i] for i in left], [texts[i] for i in right], np.array([1, 0, 1]),
+                        left_ids=left, right_ids=right)
+    r = retrieval_metrics(tiny_model, pairs, ks=(1,))
+    # gallery {a, a2, b}; once each query's own record is set aside, its partner is the nearer of the two left
+    emb = tiny_model.embed(["apple pie", "apple pie with cream", "zebra crossing"])
+    assert emb[0] @ emb[1] > emb[0] @ emb[2] and emb[1] @ emb[0] > emb[1] @ emb[2]
+    assert r["queries"] == 2 and r["gallery"] == 3
+    assert r["recall_at_1"] == 1.0 and r["mrr"] == 1.0 and r["map_at_r"] == 1.0

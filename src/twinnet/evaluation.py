@@ -94,6 +94,8 @@ def retrieval_metrics(model: SiameseModel, pairs: PairDataset, *, ks: tuple[int,
                       batch_size: int = 128, chunk: int = 256) -> dict[str, float] | None:
     """Search quality when the pairs define entities: each left record with at least one "same" partner
     queries all distinct right records of ``pairs``. Recall@k (a true partner in the top k), MRR and MAP@R.
+    When both sides come from one collection (image identities, dedup pairs), a query is not ranked against
+    itself: its own record would always come first and is never its own partner.
 
     Similarities are computed one chunk of queries at a time, so memory stays bounded.
     """
@@ -114,6 +116,9 @@ def retrieval_metrics(model: SiameseModel, pairs: PairDataset, *, ks: tuple[int,
     reciprocal, average_precision = 0.0, 0.0
     for start in range(0, len(query_ids), chunk):
         sims = q[start: start + chunk] @ g.T
+        for row, qid in enumerate(query_ids[start: start + chunk]):
+            if qid in position and qid not in relevant[qid]:
+                sims[row, position[qid]] = -np.inf  # ranked last, and it is not relevant
         order = np.argsort(-sims, axis=1, kind="stable")
         for row, qid in enumerate(query_ids[start: start + chunk]):
             wanted = np.zeros(len(gallery_ids), dtype=bool)
