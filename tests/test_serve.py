@@ -228,3 +228,10 @@ def test_an_app_whose_startup_did_not_run_answers_503_not_a_crash(calibrated):
     c = TestClient(create_app(calibrated))  # used outside `with`: the lifespan never starts the batcher
     answer = c.post("/v1/embed", json={"inputs": ["x"]})
     assert answer.status_code == 503 and "has not started" in answer.json()["error"]["message"]
+
+
+def test_image_models_are_refused_because_requests_would_name_server_files():
+    from twinnet import SiameseModel
+
+    with pytest.raises(TwinnetError, match="the service answers text models; this model encodes images"):
+        create_app(SiameseModel.for_image("koch", image_size=16, widths=[4, 4], embedding_dim=4))
