@@ -533,7 +533,7 @@ class Trainer:
             best_state = copy.deepcopy(model.state_dict())
             self._log({"epoch": 0, self._metric_name(valid): best_value}, main)
         started = time.perf_counter()
-        with _progress(self.progress and main) as bar:
+        with _progress(self.progress and main and total_epochs > 0) as bar:  # epochs=0: calibrate only
             task = bar.add_task("training", total=total_steps, loss=float("nan"), speed=0.0)
             bar.update(task, completed=steps_done)
             for epoch in range(start_epoch, total_epochs + 1):
