@@ -9,6 +9,9 @@ validation; the test identities (people, characters, digits) are never seen in t
   Images are downscaled from 105x105 to 28x28 so that a CPU trains the Koch-style tower in minutes.
 - **orl**: 40 people x 10 faces. Per seed: 10 people for test, 5 of the other 30 for validation, 25 for training;
   verification on every pair of the 10 unseen people (450 same, 4,500 different). Faces at 56x46 (half size).
+- **orl-face**: the same splits and test pairs with the pretrained face encoder (``SiameseModel.for_faces``: dlib's
+  face ResNet, frozen, needs ``twinnet[faces]``). Nothing is trained, so the threshold is calibrated on all 30
+  non-test people; the test people stay unseen.
 - **mnist**: the 10k test set (the only part in ../shared/data). Train on digits 0-4 (10% of their images held
   out for validation), evaluate same/different pairs and 5-way one-shot episodes on digits 5-9.
 
@@ -17,6 +20,7 @@ tasks. Results go to benchmarks/results/images.json and images.md (parts not run
 
     python benchmarks/images.py                          # all three parts
     python benchmarks/images.py --parts orl --seeds 0,1,2
+    python benchmarks/images.py --parts orl-face --seeds 0,1,2
     python benchmarks/images.py --quick                  # small slices, a couple of minutes: checks the wiring
 """
 
@@ -48,7 +52,8 @@ RECIPES = {
               "per_class": 4, "negatives": 1},
 }
 ANCHORS = {"omniglot": "Koch et al. 2015: 92.0% (full background set, 964 characters, 105 px)",
-           "orl": "near-perfect verification expected from a CNN Siamese net",
+           "orl": "target EER <= 3%, ROC-AUC >= 0.99 (from scratch on 25 people)",
+           "orl-face": "target EER <= 3%, ROC-AUC >= 0.99; dlib's face ResNet: 99.38% on LFW",
            "mnist": "target: +15 points over pixel nearest neighbour"}
 
 
@@ -186,6 +191,48 @@ def run_orl(quick: bool, seeds: list[int], epochs: int = 0) -> list[dict]:
     return rows
 
 
+def run_orl_face(quick: bool, seeds: list[int]) -> list[dict]:
+    import numpy as np
+
+    from twinnet import SiameseModel
+    from twinnet.data.images import read_image_folder
+    from twinnet.evaluation import evaluate
+
+    people = read_image_folder(_data("orl_faces"))
+    dataset = "ORL faces, unseen people (pretrained face encoder)"
+    model = SiameseModel.for_faces()  # descriptors are cached per file, so later seeds reuse them
+    rows, per_seed = [], []
+    for seed in seeds:
+        train, valid, test = people.split(valid=5, test=10, seed=seed)  # the splits of the `orl` part
+        calibration_people = people.select([*train.identity_names, *valid.identity_names])
+        if quick:
+            calibration_people = calibration_people.select(calibration_people.identity_names[:8])
+        started = time.perf_counter()
+        model.calibrate(calibration_people.verification_pairs(exhaustive=True, seed=seed))
+        wall = time.perf_counter() - started
+        test_pairs = test.verification_pairs(exhaustive=True, seed=seed)
+        report = evaluate(model, test_pairs, bootstrap=0)
+        pixels = _pixel_metrics(test_pairs, RECIPES["orl"]["image_size"])
+        settings = {"encoder": "face (dlib_face_recognition_resnet_model_v1, 5-point alignment)", "trained": False,
+                    "calibration_people": len(calibration_people.identity_names), "test_people": test.identity_names,
+                    "test_pairs": len(test_pairs), "seed": seed, "undetected_faces": len(model.encoder.undetected_),
+                    "valid_f1": round(100 * model.calibration_.operating_point_["f1"], 2)}
+        rows += [{**r, "seed": seed, "part": "orl-face"} for r in
+                 _verification_rows(dataset, "twinnet", report.metrics, wall, settings)]
+        rows += [{**r, "seed": seed, "part": "orl-face"} for r in
+                 _verification_rows(dataset, "pixel_cosine", pixels, 0.0, {"image_size": RECIPES["orl"]["image_size"]})]
+        per_seed.append((report.metrics["eer"], report.metrics["roc_auc"], pixels["eer"], pixels["roc_auc"],
+                         report.metrics["f1"]))
+    mean = np.mean(np.asarray(per_seed), axis=0)
+    summary = {"dataset": dataset, "seed": "mean", "seeds": seeds, "peak_rss_mb": round(peak_rss_mb(), 1),
+               "part": "orl-face"}
+    return rows + [{**summary, "method": "twinnet", "metric": "eer", "value": round(100 * mean[0], 2)},
+                   {**summary, "method": "twinnet", "metric": "roc_auc", "value": round(mean[1], 4)},
+                   {**summary, "method": "twinnet", "metric": "f1", "value": round(100 * mean[4], 2)},
+                   {**summary, "method": "pixel_cosine", "metric": "eer", "value": round(100 * mean[2], 2)},
+                   {**summary, "method": "pixel_cosine", "metric": "roc_auc", "value": round(mean[3], 4)}]
+
+
 def run_mnist(quick: bool, seed: int = 0, epochs: int = 0) -> list[dict]:
     import numpy as np
 
@@ -245,7 +292,7 @@ def markdown(results: list[dict]) -> str:
         seed = str(r.get("seed", ""))
         base = keyed.get((r["dataset"], r["metric"], "pixel_nn", seed)) or \
             keyed.get((r["dataset"], r["metric"], "pixel_cosine", seed))
-        part = next(k for k in ANCHORS if k in r["dataset"].lower())
+        part = r.get("part") or next(k for k in ANCHORS if k in r["dataset"].lower())
         walls = [x["wall_s"] for x in results if x["dataset"] == r["dataset"] and x["method"] == "twinnet"
                  and x.get("wall_s")]
         metric = f"{r['metric']} (mean of seeds {r['seeds']})" if r.get("seed") == "mean" else r["metric"]
@@ -256,7 +303,7 @@ def markdown(results: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", default="omniglot,orl,mnist")
+    parser.add_argument("--parts", default="omniglot,orl,orl-face,mnist")
     parser.add_argument("--seeds", default="0,1,2", help="ORL seeds (identity splits and initialisation)")
     parser.add_argument("--epochs", type=int, default=0, help="override every recipe's epochs")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
@@ -275,13 +322,23 @@ def main() -> None:
             recipe.update(json.loads(args.recipe))
     runners = {"omniglot": lambda: run_omniglot(args.quick, epochs=args.epochs),
                "orl": lambda: run_orl(args.quick, seeds, epochs=args.epochs),
+               "orl-face": lambda: run_orl_face(args.quick, seeds),
                "mnist": lambda: run_mnist(args.quick, epochs=args.epochs)}
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     unknown = [p for p in parts if p not in runners]
     if unknown:
         parser.error(f"unknown part {unknown[0]!r}; choose from {', '.join(runners)}")
     previous = RESULTS / f"{args.output}.json"
-    results = json.loads(previous.read_text())["results"] if previous.exists() else []
+    old = json.loads(previous.read_text()) if previous.exists() else {"results": [], "command": ""}
+    results = old["results"]
+    # which command produced which parts: "parts: command" entries joined by " ; "; parts run now are replaced
+    this_run = f"{','.join(parts)}: " + " ".join([Path(sys.executable).name, *sys.argv])
+    earlier = []
+    for entry in filter(None, old["command"].split(" ; ")):
+        ran, _, command = entry.partition(": ")
+        kept = [p for p in ran.split(",") if p not in parts]
+        if kept:
+            earlier.append(f"{','.join(kept)}: {command}")
     for part in parts:
         started = time.perf_counter()
         rows = runners[part]()
@@ -291,7 +348,7 @@ def main() -> None:
         for r in rows:
             if r.get("seed") in (None, "mean"):  # per-seed rows are in the JSON
                 print(f"  {r['method']:>12} {r['metric']:<15} {r['value']}", flush=True)
-        write_results(args.output, results)
+        write_results(args.output, results, " ; ".join([*earlier, this_run]))
         (RESULTS / f"{args.output}.md").write_text(markdown(results))
 
 
