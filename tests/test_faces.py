@@ -106,7 +106,7 @@ def test_tight_crop_without_a_detected_face_is_aligned_in_its_own_frame(faces, o
     assert np.isfinite(embeddings).all()
 
 
-def test_bad_inputs_are_one_line_errors_naming_the_file(faces, tmp_path):
+def test_bad_inputs_are_one_line_errors_naming_the_file(faces, orl, tmp_path):
     empty = tmp_path / "empty.png"
     empty.write_bytes(b"")
     with pytest.raises(TwinnetError, match="empty.png: image is empty"):
@@ -124,7 +124,7 @@ def test_bad_inputs_are_one_line_errors_naming_the_file(faces, tmp_path):
     model = SiameseModel.for_faces(descriptor_model=not_a_model,
                                    landmark_model=face_models.pose_predictor_five_point_model_location())
     with pytest.raises(TwinnetError, match="junk.dat: not a dlib face recognition model"):
-        model.embed([str(empty)])
+        model.embed([face(orl, 1, 1)])
 
 
 def test_missing_dlib_says_how_to_install(monkeypatch):

