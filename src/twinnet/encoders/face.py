@@ -35,10 +35,9 @@ import torch
 from torch import nn
 
 from twinnet.data.images import MEMBER, decode_image, split_rotation
-from twinnet.encoders.base import Encoder
+from twinnet.encoders.base import Encoder, load_weights, save_weights
 from twinnet.errors import TwinnetError
 
-WEIGHTS_FILE = "model.safetensors"
 DESCRIPTOR_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 LANDMARKS_FILE = "shape_predictor_5_face_landmarks.dat"
 DESCRIPTOR_DIM = 128
@@ -230,19 +229,14 @@ class FaceEncoder(Encoder):
                 "seed": self.seed}
 
     def save(self, folder: Path) -> None:
-        from safetensors.torch import save_file
-
         folder = Path(folder)
         for source, name in ((self.descriptor_model, DESCRIPTOR_FILE), (self.landmark_model, LANDMARKS_FILE)):
             if source.resolve() != (folder / name).resolve():
                 shutil.copyfile(source, folder / name)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "pt", "twinnet_encoder": "face"})
+        save_weights(self, folder, "face")
 
     @classmethod
     def load(cls, folder: Path, config: dict[str, Any]) -> FaceEncoder:
-        from safetensors.torch import load_file
-
         folder = Path(folder)
         files = {}
         for key, default in (("descriptor_model", DESCRIPTOR_FILE), ("landmark_model", LANDMARKS_FILE)):
@@ -252,12 +246,5 @@ class FaceEncoder(Encoder):
             files[key] = folder / name
         encoder = cls(int(config.get("embedding_dim", DESCRIPTOR_DIM)), padding=float(config.get("padding", 0.25)),
                       jitters=int(config.get("jitters", 0)), seed=int(config.get("seed", 0)), **files)
-        weights = folder / WEIGHTS_FILE
-        if not weights.exists():
-            raise TwinnetError(f"no {WEIGHTS_FILE} in the model folder", file=folder)
-        try:
-            encoder.load_state_dict(load_file(str(weights)), strict=True)
-        except (RuntimeError, OSError) as exc:
-            raise TwinnetError(f"weights do not fit the face encoder in config.json: {str(exc).splitlines()[0]}",
-                               file=weights) from None
+        load_weights(encoder, folder, "face")
         return encoder

@@ -29,11 +29,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from twinnet.data.images import RESIZE_POLICIES, load_image
-from twinnet.encoders.base import Encoder
+from twinnet.encoders.base import Encoder, load_weights, save_weights
 from twinnet.errors import TwinnetError
 
 ARCHITECTURES = ("koch", "resnet")
-WEIGHTS_FILE = "model.safetensors"
 
 
 @dataclass
@@ -275,28 +274,16 @@ class ImageEncoder(Encoder):
                 "initialised_from": self.initialised_from}
 
     def save(self, folder: Path) -> None:
-        from safetensors.torch import save_file
-
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(tensors, str(Path(folder) / WEIGHTS_FILE), metadata={"format": "pt", "twinnet_encoder": "image"})
+        save_weights(self, folder, "image")
 
     @classmethod
     def load(cls, folder: Path, config: dict[str, Any]) -> ImageEncoder:
-        from safetensors.torch import load_file
-
         settings = {k: config[k] for k in ("architecture", "image_size", "channels", "embedding_dim", "widths",
                                            "kernel_sizes", "blocks_per_stage", "resize", "invert", "augment",
                                            "seed") if k in config}
         encoder = cls(**settings)
         encoder.initialised_from = config.get("initialised_from")
-        weights = Path(folder) / WEIGHTS_FILE
-        if not weights.exists():
-            raise TwinnetError(f"no {WEIGHTS_FILE} in the model folder", file=folder)
-        try:
-            encoder.load_state_dict(load_file(str(weights)), strict=True)
-        except (RuntimeError, OSError) as exc:
-            raise TwinnetError(f"weights do not fit the image encoder in config.json: {str(exc).splitlines()[0]}",
-                               file=weights) from None
+        load_weights(encoder, folder, "image")
         return encoder
 
     def load_backbone(self, path: str | Path) -> list[str]:
