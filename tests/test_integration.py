@@ -36,6 +36,19 @@ def test_registry_finds_abt_buy(abt_buy):
     assert int(train.labels.sum()) == 616 and int(test.labels.sum()) == 206
 
 
+def test_registry_reads_the_ditto_layout_of_wdc_medium():
+    require_shared_data("wdc_lspc_ditto", "computers", "train.txt.medium")
+    train, valid, test = datasets.load_pairs("wdc-computers-medium")
+    # counts and positives as SOURCE.md lists them
+    assert (len(train), len(valid), len(test)) == (6332, 1567, 1098)
+    assert (int(train.labels.sum()), int(valid.labels.sum()), int(test.labels.sum())) == (1378, 341, 299)
+    assert set(train.left[0]) == {"title"} and train.name == "wdc-computers-medium/train"
+    # one title is one record wherever it appears: ids are hashes of the record
+    from twinnet.data.pairs import record_id
+
+    assert train.left_ids[0] == record_id(train.left[0])
+
+
 def test_real_model_save_load_verify(trained_on_abt_buy, abt_buy):
     model, folder, small_valid = trained_on_abt_buy
     _, _, test = abt_buy

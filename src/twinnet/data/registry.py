@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from twinnet.data.pairs import PairDataset
-from twinnet.data.readers import read_deepmatcher_splits, read_sts
+from twinnet.data.readers import read_deepmatcher_splits, read_ditto, read_sts
 from twinnet.errors import TwinnetError
 
 _LANGRES = ("https://raw.githubusercontent.com/fxd24/langres/94df55e3acb95bdc08590f4d45481327cde4f506/"
@@ -26,11 +26,17 @@ class DatasetInfo:
     name: str
     title: str
     relative_path: str                       # below a data root
-    layout: str                              # "deepmatcher" or "sts" (graded scores)
+    layout: str                              # "deepmatcher", "ditto" (serialised pair lines) or "sts" (graded)
     task: str
     citation: str
     remote_folder: str | None = None         # folder in the pinned public copy, when fetchable
     sha256: dict[str, str] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)  # ditto: the file of each split
+
+    @property
+    def marker(self) -> str:
+        """The file whose presence marks the dataset's folder."""
+        return self.files["train"] if self.layout == "ditto" else _MARKER[self.layout]
 
     @property
     def fetchable(self) -> bool:
@@ -76,6 +82,11 @@ DATASETS: dict[str, DatasetInfo] = {d.name: d for d in [
             "train.csv": "537a6245801cece532735890f4197e765221c6eecd7ca6d15abb839d30b25603",
             "valid.csv": "80dae5cff54dccd07f6f566945009bfb73bc39a3526b3c9e93d3baf85fcc1e34"}),
     DatasetInfo(
+        "wdc-computers-medium", "WDC LSPC v2 computers, medium training set (Ditto's title-only lines; the same "
+        "test pairs as small)", "wdc_lspc_ditto/computers", "ditto", "product matching",
+        "Primpeli, Peeters, Bizer, WWW 2019; Li et al., PVLDB 2021 (Ditto)",
+        files={"train": "train.txt.medium", "valid": "valid.txt.medium", "test": "test.txt"}),
+    DatasetInfo(
         "stsb", "STS Benchmark (graded sentence similarity 0-5; valid = the dev split)", "stsbenchmark", "sts",
         "graded similarity", "Cer et al., SemEval-2017 Task 1"),
 ]}
@@ -116,7 +127,7 @@ def locate(name: str) -> Path | None:
     dataset = info(name)
     for root in data_roots():
         folder = root / dataset.relative_path
-        if (folder / _MARKER[dataset.layout]).exists():
+        if (folder / dataset.marker).exists():
             return folder
     return None
 
@@ -143,7 +154,12 @@ def load_pairs(name: str, **options) -> tuple[PairDataset, PairDataset, PairData
         for split_name, split in splits.items():
             split.name = f"{name}/{split_name}"
         return splits["train"], splits["valid"], splits["test"]
-    splits = read_deepmatcher_splits(path(name), **options)
+    if info(name).layout == "ditto":
+        folder = path(name)
+        splits = {split: read_ditto(folder / file) for split, file in info(name).files.items()}
+        # record ids are hashes of the serialised text, so one title is one record across the splits
+    else:
+        splits = read_deepmatcher_splits(path(name), **options)
     for split_name, split in splits.items():
         split.name = f"{name}/{split_name}"
     return splits["train"], splits["valid"], splits["test"]
