@@ -173,3 +173,21 @@ def test_not_utf8_error_names_the_line(tmp_path):
     path.write_bytes(b"left,right,label\nsony,tv,1\nlg,fridge,0\ncaf\xe9,x,1\n")
     with pytest.raises(TwinnetError, match=r"latin.csv, row 4: is not valid UTF-8 \(byte 42"):
         read_pairs(path)
+
+
+def test_one_id_naming_two_records_is_refused_with_both_rows(tmp_path):
+    # row numbers of two tables used as ids: "7" is a Sony TV on the left and a Bose speaker on the right
+    path = tmp_path / "pairs.csv"
+    path.write_text("left_id,left,right_id,right,label\n"
+                    "7,sony bravia tv,3,sony bravia 40 tv,1\n"
+                    "8,bose soundlink,7,bose soundlink mini,1\n")
+    with pytest.raises(TwinnetError) as err:
+        read_pairs(path)
+    message = str(err.value)
+    assert "id '7'" in message and "row 2 left_id" in message and "row 3, field 'right_id'" in message
+    # the same id for the same record on both sides (one collection) is what ids are for
+    path.write_text("left_id,left,right_id,right,label\n"
+                    "a:7,sony bravia tv,b:3,sony bravia 40 tv,1\n"
+                    "b:3,sony bravia 40 tv,a:9,bose soundlink mini,0\n")
+    pairs = read_pairs(path)
+    assert pairs.left_ids == ["a:7", "b:3"] and pairs.right_ids == ["b:3", "a:9"]

@@ -7,6 +7,7 @@ field.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -188,6 +189,26 @@ def read_ditto(path: str | os.PathLike[str], *, allow_empty_records: bool = Fals
 
 
 # --------------------------------------------------------------------------- plain pair files
+def _check_ids_name_one_record(left: list, right: list, left_ids: list[str], right_ids: list[str], name: str,
+                               start: int) -> None:
+    """``left_id`` and ``right_id`` share one namespace: an id is one record wherever it appears, which is what
+    leakage checks, seen/unseen evaluation and entity groups rely on. Two different records under one id (most
+    often ids of two tables that overlap, e.g. row numbers of table A and of table B) would silently merge
+    them, so it is refused with both places named."""
+    first: dict[str, tuple[int, str, str]] = {}
+    for offset, (lid, rid, lrec, rrec) in enumerate(zip(left_ids, right_ids, left, right)):
+        for side, rec_id, record in (("left", lid, lrec), ("right", rid, rrec)):
+            if not rec_id:
+                continue
+            content = json.dumps(record, sort_keys=True, default=str, ensure_ascii=False)
+            seen = first.setdefault(rec_id, (start + offset, side, content))
+            if seen[2] != content:
+                raise TwinnetError(
+                    f"id {rec_id!r} names two different records (row {seen[0]} {seen[1]}_id and this row's "
+                    f"{side}_id); left_id and right_id share one namespace, so ids from two tables must not "
+                    "overlap: prefix them (e.g. 'a:17', 'b:17')", file=name, row=start + offset, field=f"{side}_id")
+
+
 def read_pairs(source: str | os.PathLike[str] | pd.DataFrame, *, require_labels: bool = False,
                allow_empty_records: bool = False) -> PairDataset:
     """Read a pair table (CSV, TSV, JSONL, Parquet, or a DataFrame).
@@ -245,6 +266,8 @@ def read_pairs(source: str | os.PathLike[str] | pd.DataFrame, *, require_labels:
         return [text_id(r) if isinstance(r, str) else "" for r in records]
 
     left_ids, right_ids = ids("left_id", left), ids("right_id", right)
+    if "left_id" in columns or "right_id" in columns:
+        _check_ids_name_one_record(left, right, left_ids, right_ids, name, start)
     dataset = PairDataset(left, right, np.asarray(labels) if "label" in columns else None,
                           left_ids if all(left_ids) else [], right_ids if all(right_ids) else [],
                           name=name, scores=np.asarray(labels) if graded else None)
