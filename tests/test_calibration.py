@@ -169,3 +169,24 @@ def test_retrieval_within_one_collection_skips_the_query_itself(tiny_model):
     assert emb[0] @ emb[1] > emb[0] @ emb[2] and emb[1] @ emb[0] > emb[1] @ emb[2]
     assert r["queries"] == 2 and r["gallery"] == 3
     assert r["recall_at_1"] == 1.0 and r["mrr"] == 1.0 and r["map_at_r"] == 1.0
+
+
+def test_retrieval_within_one_collection_counts_the_whole_entity_both_ways():
+    from twinnet import PairDataset
+    from twinnet.evaluation import retrieval_metrics
+
+    # image folders draw "same" pairs one way only (x1→x2, x1→x3): x2 and x3 are still the same person as each
+    # other and as x1, and x2 is a query too. Entity X = {x1, x2, x3}, entity Y = {y1, y2}.
+    vectors = {"x1": [1.0, 0.0], "x2": [0.9, 0.1], "x3": [0.8, 0.2], "y1": [0.0, 1.0], "y2": [0.1, 0.9]}
+
+    class FixedEmbeddings:
+        def embed(self, records, batch_size=None):
+            v = np.asarray([vectors[r] for r in records])
+            return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    left, right = ["x1", "x1", "y1", "x2"], ["x2", "x3", "y2", "y1"]
+    pairs = PairDataset(left, right, np.array([1, 1, 1, 0]), left_ids=left, right_ids=right)
+    r = retrieval_metrics(FixedEmbeddings(), pairs, ks=(1,))
+    assert r["queries"] == 5 and r["gallery"] == 5
+    # every record's nearest others are its own entity: x2 ranks x3 then x1 first (both relevant), y2 ranks y1
+    assert r["recall_at_1"] == 1.0 and r["map_at_r"] == 1.0 and r["mrr"] == 1.0

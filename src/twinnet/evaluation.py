@@ -99,15 +99,22 @@ def retrieval_metrics(model: SiameseModel, pairs: PairDataset, *, ks: tuple[int,
 
     Similarities are computed one chunk of queries at a time, so memory stays bounded.
     """
-    relevant: dict[str, set[str]] = {}
-    for lid, rid, y in zip(pairs.left_ids, pairs.right_ids, pairs.labels):
-        if y == 1:
-            relevant.setdefault(lid, set()).add(rid)
+    first_left = {lid: rec for lid, rec in zip(pairs.left_ids, pairs.left)}
+    first_right = {rid: rec for rid, rec in zip(pairs.right_ids, pairs.right)}
+    if set(first_left) & set(first_right):
+        # one collection: relevance is the entity (every record joined to the query through "same" pairs), and
+        # the gallery is every record, so pairs drawn one way only (a→b, never b→a) still count both ways
+        first_right = {**first_left, **first_right}
+        first_left = first_right
+        relevant = _same_entity_sets(pairs)
+    else:
+        relevant = {}
+        for lid, rid, y in zip(pairs.left_ids, pairs.right_ids, pairs.labels):
+            if y == 1:
+                relevant.setdefault(lid, set()).add(rid)
     if not relevant:
         return None
     query_ids = sorted(relevant)
-    first_left = {lid: rec for lid, rec in zip(pairs.left_ids, pairs.left)}
-    first_right = {rid: rec for rid, rec in zip(pairs.right_ids, pairs.right)}
     gallery_ids = sorted(first_right)
     position = {rid: i for i, rid in enumerate(gallery_ids)}
     q = model.embed([first_left[i] for i in query_ids], batch_size=batch_size)
@@ -136,6 +143,27 @@ def retrieval_metrics(model: SiameseModel, pairs: PairDataset, *, ks: tuple[int,
     out = {f"recall_at_{k}": hits[k] / n for k in ks}
     out.update({"mrr": reciprocal / n, "map_at_r": average_precision / n, "queries": n, "gallery": len(gallery_ids)})
     return out
+
+
+def _same_entity_sets(pairs: PairDataset) -> dict[str, set[str]]:
+    """For each record in a "same" pair, the other records of its entity (connected components of the
+    "same" pairs)."""
+    parent: dict[str, str] = {}
+
+    def root(x: str) -> str:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for lid, rid, y in zip(pairs.left_ids, pairs.right_ids, pairs.labels):
+        if y == 1 and lid != rid:
+            parent[root(lid)] = root(rid)
+    members: dict[str, set[str]] = {}
+    for x in list(parent):
+        members.setdefault(root(x), set()).add(x)
+    return {x: group - {x} for group in members.values() for x in group if len(group) > 1}
 
 
 def hardest_errors(report: EvaluationReport, pairs: PairDataset, model: Any = None, *,
