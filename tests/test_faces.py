@@ -181,3 +181,12 @@ def test_cli_calibrates_verifies_and_refuses_onnx(orl, tmp_path):
     assert result.exit_code == 0 and json.loads(result.output)["same"] is True
     result = runner.invoke(app, ["export", str(out)])
     assert result.exit_code == 2 and "ONNX export supports text models" in result.output
+    # the service refuses image models before it asks for API keys or says it is serving
+    result = runner.invoke(app, ["serve", str(out)])
+    assert result.exit_code == 2 and "answers text models" in result.output
+    assert "serving" not in result.output and "API key" not in result.output
+    # one image where a collection is expected, and a path that does not exist, are named as such
+    result = runner.invoke(app, ["embed", str(out), face(orl, 9, 1), "-o", str(tmp_path / "one.npy")])
+    assert result.exit_code == 2 and "is a single image; pass an image folder" in result.output
+    result = runner.invoke(app, ["train", str(tmp_path / "nowhere"), "-o", str(tmp_path / "m2"), "--encoder", "face"])
+    assert result.exit_code == 2 and "nowhere: no such file or folder" in result.output

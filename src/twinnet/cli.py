@@ -341,8 +341,12 @@ def train(
             valid_pairs = read_image_pairs(valid)
     else:
         if encoder != "text":
+            from twinnet.data.registry import DATASETS
+
+            if "::" not in str(data) and data.lower() not in DATASETS and not Path(data).exists():
+                raise TwinnetError("no such file or folder", file=data)
             raise TwinnetError(f"--encoder {encoder} reads images: pass an image folder (root/<identity>/<image>), "
-                               "a .zip of one, or a pair/triplet list of image paths")
+                               "a .zip of one, or a pair/triplet list of image paths", file=data)
         splits = _load_splits(data, ("train", "valid"), {})
         train_pairs = splits["train"]
         valid_pairs = splits.get("valid")
@@ -355,7 +359,7 @@ def train(
     for label, split in (("train", train_pairs), ("valid", valid_pairs)):
         info = split.summary()
         kind = (f"graded {split.scores.min():g}-{split.scores.max():g}" if getattr(split, "is_graded", False)
-                else f"{info['positives']} same")
+                else f"{info['positives']} same" if info["positives"] >= 0 else "unlabelled")
         console.print(f"{label}: {info['pairs']} pairs ({kind}) over {info['records']} records")
     if encoder == "text":
         siamese = SiameseModel.for_text(model, max_length=max_length,
@@ -798,20 +802,21 @@ def serve(
     _setup(threads)
     from twinnet.serve import ServeSettings, check_bind, create_app, load_api_keys, run
 
-    keys = set() if no_auth else load_api_keys(api_key_file)
-    check_bind(host, auth=not no_auth, keys=keys)
     settings = ServeSettings(max_items=max_items, max_chars=max_chars, max_batch=max_batch, max_wait_ms=max_wait_ms)
     siamese = _load_model(model_path, backend, threads)
+    if siamese.input_modality != "text":  # said before asking for keys a user would set up for nothing
+        create_app(siamese)
+    keys = set() if no_auth else load_api_keys(api_key_file)
+    check_bind(host, auth=not no_auth, keys=keys)
     index = None
     if index_dir is not None:
         from twinnet.index import VectorIndex
 
         index = VectorIndex.load(index_dir, model=siamese)
+    app = create_app(siamese, api_keys=keys, settings=settings, model_folder=model_path, backend=backend, index=index)
     console.print(f"serving {model_path} ({backend}) on http://{host}:{port}  docs: http://{host}:{port}/docs"
                   + ("  [yellow]no authentication[/]" if no_auth else ""))
-    run(create_app(siamese, api_keys=keys, settings=settings, model_folder=model_path, backend=backend,
-                   index=index),
-        host=host, port=port)
+    run(app, host=host, port=port)
 
 
 # ---------------------------------------------------------------------------------------------- index

@@ -73,7 +73,7 @@ def export_onnx(model: SiameseModel | str | os.PathLike[str], folder: str | os.P
     if folder is None:
         raise TwinnetError("give the model folder to export into")
     if model.input_modality != "text":
-        raise TwinnetError(f"ONNX export supports text models; this one encodes {model.input_modality}")
+        raise TwinnetError(f"ONNX export supports text models; this one encodes {model.input_modality}s")
     try:
         import onnxruntime  # noqa: F401
     except ImportError:

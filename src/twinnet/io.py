@@ -30,6 +30,11 @@ def first_row(path: str | os.PathLike[str] | None) -> int:
 def table_format(path: str | os.PathLike[str]) -> str:
     suffix = Path(path).suffix.lower()
     if suffix not in TABLE_SUFFIXES:
+        from twinnet.data.images import IMAGE_EXTENSIONS
+
+        if suffix in IMAGE_EXTENSIONS:
+            raise TwinnetError("is a single image; pass an image folder (root/<identity>/<image>), a .zip of one, "
+                               "or a table with an 'image' column of paths", file=path)
         raise TwinnetError(
             f"unsupported file type '{suffix or '(none)'}'; use one of {', '.join(sorted(TABLE_SUFFIXES))}",
             file=path)
