@@ -800,12 +800,11 @@ def serve(
           http://127.0.0.1:8000/v1/verify
     """
     _setup(threads)
-    from twinnet.serve import ServeSettings, check_bind, create_app, load_api_keys, run
+    from twinnet.serve import ServeSettings, check_bind, check_servable, create_app, load_api_keys, run
 
     settings = ServeSettings(max_items=max_items, max_chars=max_chars, max_batch=max_batch, max_wait_ms=max_wait_ms)
     siamese = _load_model(model_path, backend, threads)
-    if siamese.input_modality != "text":  # said before asking for keys a user would set up for nothing
-        create_app(siamese)
+    check_servable(siamese)  # before asking for keys a user would set up for nothing
     keys = set() if no_auth else load_api_keys(api_key_file)
     check_bind(host, auth=not no_auth, keys=keys)
     index = None

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from twinnet.baselines import TfidfBaseline
-from twinnet.data.pairs import PairDataset
+from twinnet.data.pairs import PairDataset, UnionFind
 from twinnet.errors import TwinnetError
 from twinnet.metrics import binary_metrics, bootstrap_intervals
 from twinnet.model import SiameseModel, Truncation
@@ -147,22 +147,15 @@ def retrieval_metrics(model: SiameseModel, pairs: PairDataset, *, ks: tuple[int,
 
 def _same_entity_sets(pairs: PairDataset) -> dict[str, set[str]]:
     """For each record in a "same" pair, the other records of its entity (connected components of the
-    "same" pairs)."""
-    parent: dict[str, str] = {}
-
-    def root(x: str) -> str:
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
+    "same" pairs, as entity groups for training are built)."""
+    groups = UnionFind()
     for lid, rid, y in zip(pairs.left_ids, pairs.right_ids, pairs.labels):
-        if y == 1 and lid != rid:
-            parent[root(lid)] = root(rid)
+        if y == 1:
+            groups.union(lid, rid)
     members: dict[str, set[str]] = {}
-    for x in list(parent):
-        members.setdefault(root(x), set()).add(x)
+    for lid, rid, y in zip(pairs.left_ids, pairs.right_ids, pairs.labels):
+        if y == 1:
+            members.setdefault(groups.find(lid), set()).update((lid, rid))
     return {x: group - {x} for group in members.values() for x in group if len(group) > 1}
 
 

@@ -241,17 +241,21 @@ class MicroBatcher:
 
 
 # ---------------------------------------------------------------------------------------------- app
+def check_servable(model: Any) -> None:
+    """Refuse a model the service cannot answer for: requests carry records as JSON strings, and for an image
+    model those would be paths opened on the server, letting any client probe the server's files."""
+    if model.input_modality != "text":
+        raise TwinnetError(f"the service answers text models; this model encodes {model.input_modality}s (verify "
+                           "and embed them with the CLI or the Python API)")
+
+
 def create_app(model: PairScorer, *, api_keys: set[str] | None = None,
                settings: ServeSettings | None = None, model_folder: str | os.PathLike[str] | None = None,
                backend: str = "torch", index: VectorIndex | None = None) -> FastAPI:
     """The FastAPI application. ``api_keys=None`` (or empty) serves without authentication; with ``index``
     (built with this model: checked by fingerprint) it also answers ``POST /v1/search``."""
     settings = settings or ServeSettings()
-    if model.input_modality != "text":
-        # requests carry records as JSON strings; for an image model those would be paths opened on the server,
-        # letting any client probe the server's files
-        raise TwinnetError(f"the service answers text models; this model encodes {model.input_modality}s (verify "
-                           "and embed them with the CLI or the Python API)")
+    check_servable(model)
     if index is not None:
         index.check_model(model)
     keys = set(api_keys or ())
