@@ -18,7 +18,7 @@ validation; the test identities (people, characters, digits) are never seen in t
 Baselines measured in the same run: nearest neighbour / cosine similarity in pixel space on the same pairs and
 tasks. Results go to benchmarks/results/images.json and images.md (parts not run keep their previous rows).
 
-    python benchmarks/images.py                          # all three parts
+    python benchmarks/images.py                          # all four parts
     python benchmarks/images.py --parts orl --seeds 0,1,2
     python benchmarks/images.py --parts orl-face --seeds 0,1,2
     python benchmarks/images.py --quick                  # small slices, a couple of minutes: checks the wiring
